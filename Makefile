@@ -1,0 +1,21 @@
+# Two commands do everything: `make train` (the main job) and `make test`.
+# Both create .venv on first use (scripts/install.sh: CPU torch on machines without CUDA).
+PY := .venv/bin/python
+
+.PHONY: install train smoke test bench
+install: .venv/.installed
+.venv/.installed: pyproject.toml scripts/install.sh
+	bash scripts/install.sh
+
+train: install
+	$(PY) train.py
+
+smoke: install
+	$(PY) train.py experiment=smoke
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	bash scripts/install.sh bench
+	$(PY) -m lmmixup.bench

@@ -1,0 +1,190 @@
+"""Checkpoints that a kill at any moment cannot corrupt, and exact resume.
+
+Layout of one checkpoint, <run_dir>/checkpoints/step_000012/:
+    model.safetensors   policy weights (safetensors: no pickle on load)
+    trainer.pt          optimizer + scheduler state, torch RNG states (loaded with weights_only=True)
+    meta.json           step, data-sampler position, Python/numpy RNG states, model identity,
+                        the config fingerprint; written last
+    config.yaml         the resolved config of the run
+    hf/                 (checkpoint.save_hf=true) a save_pretrained folder usable as model.name_or_path
+A checkpoint is built in a hidden temporary folder and renamed into place, so a folder named
+step_* is always complete; half-written ones (".tmp-*") are never picked and are cleaned up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from lmmixup.errors import LmmixupError, require
+
+_STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """save every N steps (0 = only at the end and on SIGTERM/SIGINT)"""
+    keep_last: int = 2
+    """how many checkpoints to keep; older ones are deleted after a new one lands"""
+    save_hf: bool = False
+    """also write a save_pretrained folder (hf/) inside each checkpoint"""
+
+    def validate(self) -> None:
+        require(self.every >= 0, "checkpoint.every", "must be >= 0")
+        require(self.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
+
+
+# Config keys that may differ between a run and its resume without changing the trajectory.
+RESUMABLE_CHANGES = ("steps", "resume", "logger", "checkpoint", "eval_every", "device")
+
+
+def config_fingerprint(config: Dict[str, Any]) -> Dict[str, str]:
+    """Flattened key -> value text for every key that must match on resume."""
+    flat: Dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = json.dumps(node, sort_keys=True)
+
+    walk("", {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES})
+    return flat
+
+
+def model_identity(model: torch.nn.Module) -> str:
+    """A hash of parameter names and shapes: equal for the same architecture."""
+    text = ";".join(f"{n}:{tuple(p.shape)}" for n, p in model.state_dict().items())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def rng_state() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+
+
+def set_rng_state(state: Dict[str, Any], torch_states: Dict[str, torch.Tensor]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    torch.set_rng_state(torch_states["cpu"])
+    if torch.cuda.is_available() and "cuda" in torch_states:
+        torch.cuda.set_rng_state_all(list(torch_states["cuda"]))
+
+
+def checkpoints_in(run_dir: Path) -> List[Path]:
+    """Complete checkpoints, oldest first."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)
+             and (p / "meta.json").exists()]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, sampler_state: Dict,
+                    config: Dict[str, Any], config_yaml: str, cfg: CheckpointConfig) -> Path:
+    from safetensors.torch import save_model
+
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
+        torch_states = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            torch_states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch_states}, tmp / "trainer.pt")
+        (tmp / "config.yaml").write_text(config_yaml)
+        if cfg.save_hf:
+            model.save_pretrained(tmp / "hf", safe_serialization=True)
+        meta = {"step": step, "sampler": sampler_state, "rng": rng_state(),
+                "model_identity": model_identity(model),
+                "config_fingerprint": config_fingerprint(config)}
+        with open(tmp / "meta.json", "w") as f:
+            json.dump(meta, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in checkpoints_in(run_dir)[: -cfg.keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):  # left by a kill during an earlier save
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def find_resume_checkpoint(resume: str, run_dir: Path) -> Optional[Path]:
+    """resume='' -> None; 'auto' -> newest complete checkpoint in run_dir (or None);
+    a path -> that checkpoint, which must be complete."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = checkpoints_in(run_dir)
+        return found[-1] if found else None
+    path = Path(resume).expanduser()
+    if not (path / "meta.json").exists():
+        raise LmmixupError(f"resume: {resume!r} is not a complete checkpoint folder (no meta.json)")
+    return path
+
+
+@dataclass
+class ResumeState:
+    step: int
+    sampler: Dict[str, int]
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, config: Dict[str, Any]) -> ResumeState:
+    """Restore everything a checkpoint holds, after checking it fits this run."""
+    from safetensors.torch import load_model
+
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LmmixupError(f"{path / 'meta.json'}: unreadable checkpoint metadata ({e})") from None
+    if meta.get("model_identity") != model_identity(model):
+        raise LmmixupError(f"{path}: checkpoint is from a different model architecture than "
+                           f"model.name_or_path={config['model']['name_or_path']!r}")
+    ours, theirs = config_fingerprint(config), meta.get("config_fingerprint", {})
+    differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if differing:
+        shown = ", ".join(differing[:5]) + (" ..." if len(differing) > 5 else "")
+        raise LmmixupError(f"{path}: checkpoint was written with a different config ({shown}); "
+                           "resume with the same settings or start a new run")
+    try:
+        load_model(model, str(path / "model.safetensors"))
+    except Exception as e:
+        raise LmmixupError(f"{path / 'model.safetensors'}: cannot load weights "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    try:
+        trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise LmmixupError(f"{path / 'trainer.pt'}: cannot load trainer state "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    set_rng_state(meta["rng"], trainer["torch_rng"])
+    return ResumeState(step=meta["step"], sampler=meta["sampler"])

@@ -1,0 +1,368 @@
+"""The static-KV-cache rollout engine (`rollout.engine=static`), for HF Llama and Qwen2 models.
+
+It reads the weights of a transformers `LlamaForCausalLM` / `Qwen2ForCausalLM` (embeddings,
+each layer's RMSNorms, q/k/v/o projections, MLP, the rotary table, the final norm and lm_head)
+and runs its own decode loop instead of `model.generate`:
+
+  * One KV-cache tensor, (layers, 2, N, Hkv, P+T, D), allocated (zeroed) once per call. The B
+    prompts are prefilled ONCE (B rows, not B*G) and their keys/values are broadcast into the G
+    cache rows of each group, so G completions share one prefill.
+  * The decode loop writes in place: token column t of the preallocated (N, T) id / log-prob
+    buffers, cache column P+t, key-mask column P+t. Every sequence is in lock-step (prompts are
+    left-padded, so completion token t always lives in cache column P+t), which keeps the step
+    a fixed-shape function of tensors (cache column and positions are tensors, not Python ints).
+  * Attention reads the cache up to the next multiple of `KV_BUCKET` columns only; the unused
+    tail is masked. At most (P+T)/KV_BUCKET distinct shapes, so torch.compile / CUDA graphs see
+    a handful of static shapes. Grouped-query attention never repeats the cache: the H query
+    heads are viewed as (Hkv, H/Hkv) "queries" of their shared KV head.
+  * Sampling happens on the device: softmax(logits / tau), then top-k, then top-p (nucleus,
+    HF's order), then `torch.multinomial` (HF's sampler), drawing from `generator` or, by
+    default, the global torch RNG, which the trainer seeds every step for an exact resume.
+    `greedy=True` takes the argmax instead (HF `do_sample=False`).
+  * The log-prob of each sampled token under log_softmax(logits / tau) of the *full*
+    distribution (before top-k/top-p) is recorded, so at mu = 1 the old-policy log-probs need
+    no extra forward pass.
+  * A row stops after its first stop id (the stop token is kept, later columns are pad with
+    log-prob 0) or at T tokens; the loop ends as soon as every row is done. With `compact=True`
+    (default) finished rows are dropped from the cache whenever at least a quarter of the live
+    rows have finished, so they stop costing compute (at most ~log_{4/3} N re-allocations).
+    `compact=False` keeps every shape static, for CUDA graphs.
+  * Left padding follows HF exactly: positions are cumsum(mask) - 1, padded keys are masked.
+    A padded *query* also attends to itself so that no softmax row is empty (a NaN there would
+    leak into real rows through 0 * NaN); padded rows' outputs are never used.
+
+The code has no device branches: the same tensors and ops run on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from lmmixup.errors import LmmixupError
+from lmmixup.rollout import ENGINES, Rollout, RolloutConfig, completion_mask_from_stops, repeat_for_group
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+KV_BUCKET = 64
+"""attention reads the KV cache up to the next multiple of this many columns"""
+COMPACT_FRACTION = 0.25
+"""compact the live rows once at least this fraction of them has finished"""
+
+
+class _Linear:
+    """y = x W^T + b with the weight prepared once per rollout call.
+
+    On CPU the weight is reordered into oneDNN's blocked layout: a decode step multiplies only
+    N rows by each weight, and the stock fp32 GEMM is poor at that skinny shape (SmolLM2's
+    lm_head: 29 ms vs 12 ms per step here). Elsewhere it is a plain F.linear. This picks a
+    kernel, not an algorithm: both compute the same product up to float rounding."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], rows_hint: int):
+        self.bias = bias
+        self.packed = (weight.device.type == "cpu" and weight.dtype == torch.float32
+                       and torch.backends.mkldnn.is_available())
+        self.weight = (torch.ops.mkldnn._reorder_linear_weight(weight, rows_hint) if self.packed
+                       else weight)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
+def _fused_linear(mods: Sequence[torch.nn.Module], rows_hint: int) -> _Linear:
+    """One GEMM for several projections that read the same input (q|k|v, gate|up)."""
+    weight = torch.cat([m.weight for m in mods], dim=0).detach()  # (sum out, in)
+    bias = None
+    if any(m.bias is not None for m in mods):
+        bias = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.weight.shape[0])
+                          for m in mods]).detach()  # (sum out,)
+    return _Linear(weight, bias, rows_hint)
+
+
+def _module_linear(m: torch.nn.Module, rows_hint: int) -> _Linear:
+    return _Linear(m.weight.detach(), None if m.bias is None else m.bias.detach(), rows_hint)
+
+
+@dataclass
+class _Layer:
+    ln1: torch.Tensor  # (hidden,) input RMSNorm weight
+    ln2: torch.Tensor  # (hidden,) post-attention RMSNorm weight
+    eps: float
+    qkv: _Linear  # hidden -> (Hq + 2 Hkv) * D
+    o: _Linear  # Hq * D -> hidden
+    gate_up: _Linear  # hidden -> 2 * intermediate
+    down: _Linear  # intermediate -> hidden
+    act: torch.nn.Module
+
+
+@dataclass
+class _Decoder:
+    """The weights of a HF causal LM, read off the model object and prepared for decoding."""
+
+    embed: torch.Tensor  # (V, hidden)
+    layers: List[_Layer]
+    norm: torch.Tensor  # (hidden,)
+    eps: float
+    lm_head: _Linear  # hidden -> V
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    scaling: float
+
+
+def _check_supported(model, max_len: int) -> None:
+    """Refuse architectures whose forward we do not reproduce exactly."""
+    cfg = model.config
+    kind = getattr(cfg, "model_type", None)
+    if kind not in SUPPORTED_MODEL_TYPES:
+        raise LmmixupError(
+            f"rollout.engine=static supports {', '.join(SUPPORTED_MODEL_TYPES)} causal LMs, not "
+            f"model_type={kind!r} ({type(model).__name__}); use rollout.engine=hf for this model")
+    if kind == "qwen2" and getattr(cfg, "use_sliding_window", False):
+        window = getattr(cfg, "sliding_window", None)
+        if (window is not None and window < max_len
+                and "sliding_attention" in (getattr(cfg, "layer_types", None) or [])):
+            raise LmmixupError(
+                f"rollout.engine=static: this Qwen2 model uses sliding-window attention "
+                f"(window {window} < prompt+completion length {max_len}); use rollout.engine=hf")
+    rope = getattr(cfg, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type")) == "dynamic":
+        raise LmmixupError("rollout.engine=static: dynamic RoPE scaling (frequencies that depend on "
+                           "the sequence length) is not supported; use rollout.engine=hf")
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        raise LmmixupError(f"rollout.engine=static: hidden_act={cfg.hidden_act!r} is not supported")
+
+
+def _decoder_of(model, rows_hint: int) -> _Decoder:
+    backbone = model.get_decoder()
+    layers = []
+    for layer in backbone.layers:
+        sa, mlp = layer.self_attn, layer.mlp
+        layers.append(_Layer(
+            ln1=layer.input_layernorm.weight.detach(),
+            ln2=layer.post_attention_layernorm.weight.detach(),
+            eps=layer.input_layernorm.variance_epsilon,
+            qkv=_fused_linear([sa.q_proj, sa.k_proj, sa.v_proj], rows_hint),
+            o=_module_linear(sa.o_proj, rows_hint),
+            gate_up=_fused_linear([mlp.gate_proj, mlp.up_proj], rows_hint),
+            down=_module_linear(mlp.down_proj, rows_hint),
+            act=mlp.act_fn,
+        ))
+    attn = backbone.layers[0].self_attn
+    return _Decoder(
+        embed=backbone.embed_tokens.weight.detach(),
+        layers=layers,
+        norm=backbone.norm.weight.detach(),
+        eps=backbone.norm.variance_epsilon,
+        lm_head=_module_linear(model.get_output_embeddings(), rows_hint),
+        n_heads=model.config.num_attention_heads,
+        n_kv_heads=model.config.num_key_value_heads,
+        head_dim=attn.head_dim,
+        scaling=attn.scaling,
+    )
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF's LlamaRMSNorm / Qwen2RMSNorm: normalise in fp32, cast back, then scale."""
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in HF's rotate-half convention, x * cos + rotate_half(x) * sin, with
+    rotate_half(x) = (-x2, x1) written as flip(x1, x2) * (-sin1, sin2): the same products.
+    x (..., D); cos, sin_signed broadcast to x."""
+    d = x.shape[-1]
+    swapped = x.unflatten(-1, (2, d // 2)).flip(-2).flatten(-2)  # (..., D) = (x2, x1)
+    return x * cos + swapped * sin_signed
+
+
+def _mlp(layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+    gu = layer.gate_up(x)  # (..., 2I)
+    gate, up = gu.chunk(2, dim=-1)  # (..., I) each
+    return layer.down(layer.act(gate) * up)  # (..., hidden)
+
+
+def _prefill(dec: _Decoder, ids, mask, cos_tab, sin_tab, cache, group_size: int) -> torch.Tensor:
+    """Run the B prompts once, writing each prompt's K/V into its G cache rows.
+
+    ids, mask: (B, P). cache: (layers, 2, B*G, Hkv, L, D). Returns the final-normed hidden state
+    of the last prompt position (B, hidden)."""
+    b, p = ids.shape
+    hq, hkv, d = dec.n_heads, dec.n_kv_heads, dec.head_dim
+    pos = mask.long().cumsum(-1) - 1  # (B, P), HF's position ids for left padding
+    pos = pos.masked_fill(mask == 0, 1)  # HF's value for pads (their keys are masked anyway)
+    cos, sin = cos_tab[pos][:, :, None], sin_tab[pos][:, :, None]  # (B, P, 1, D)
+    causal = torch.ones(p, p, dtype=torch.bool, device=ids.device).tril()  # (P, P)
+    eye = torch.eye(p, dtype=torch.bool, device=ids.device)  # (P, P)
+    attn_mask = (causal & mask.bool()[:, None, None, :]) | eye  # (B, 1, P, P)
+    rep = hq // hkv
+    x = F.embedding(ids, dec.embed)  # (B, P, hidden)
+    for li, layer in enumerate(dec.layers):
+        qkv = layer.qkv(_rms_norm(x, layer.ln1, layer.eps)).view(b, p, hq + 2 * hkv, d)
+        qk = _rope(qkv[:, :, : hq + hkv], cos, sin)  # (B, P, Hq + Hkv, D)
+        q = qk[:, :, :hq].transpose(1, 2)  # (B, Hq, P, D)
+        k = qk[:, :, hq:].transpose(1, 2)  # (B, Hkv, P, D)
+        v = qkv[:, :, hq + hkv:].transpose(1, 2)  # (B, Hkv, P, D)
+        # broadcast each prompt's K/V into its G rows: (B, 1, Hkv, P, D) -> (B, G, Hkv, P, D)
+        cache[li, 0].unflatten(0, (b, group_size))[:, :, :, :p] = k[:, None]
+        cache[li, 1].unflatten(0, (b, group_size))[:, :, :, :p] = v[:, None]
+        k = k[:, :, None].expand(b, hkv, rep, p, d).reshape(b, hq, p, d)  # (B, Hq, P, D)
+        v = v[:, :, None].expand(b, hkv, rep, p, d).reshape(b, hq, p, d)  # (B, Hq, P, D)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=dec.scaling)  # (B, Hq, P, D)
+        x = x + layer.o(o.transpose(1, 2).reshape(b, p, hq * d))  # (B, P, hidden)
+        x = x + _mlp(layer, _rms_norm(x, layer.ln2, layer.eps))  # (B, P, hidden)
+    return _rms_norm(x[:, -1], dec.norm, dec.eps)  # (B, hidden)
+
+
+def _decode_step(dec: _Decoder, tok, pos, col, cache, key_mask, cos_tab, sin_tab, kv_len: int):
+    """One new token per row. tok, pos: (R,) ; col: (1,) cache column of this token ;
+    cache: (layers, 2, R, Hkv, L, D) ; key_mask: (R, L) bool, True where a key is real.
+    Returns the final-normed hidden state (R, hidden)."""
+    r = tok.shape[0]
+    hq, hkv, d = dec.n_heads, dec.n_kv_heads, dec.head_dim
+    cos, sin = cos_tab[pos][:, None], sin_tab[pos][:, None]  # (R, 1, D)
+    mask = key_mask[:, None, None, :kv_len]  # (R, 1, 1, kv_len)
+    x = F.embedding(tok, dec.embed)  # (R, hidden)
+    for li, layer in enumerate(dec.layers):
+        qkv = layer.qkv(_rms_norm(x, layer.ln1, layer.eps)).view(r, hq + 2 * hkv, d)
+        qk = _rope(qkv[:, : hq + hkv], cos, sin)  # (R, Hq + Hkv, D)
+        k_cache, v_cache = cache[li, 0], cache[li, 1]  # (R, Hkv, L, D) each
+        k_cache.index_copy_(2, col, qk[:, hq:, None])
+        v_cache.index_copy_(2, col, qkv[:, hq + hkv:, None])
+        # GQA without repeating the cache: the query heads of one KV head act as its queries
+        o = F.scaled_dot_product_attention(
+            qk[:, :hq].view(r, hkv, hq // hkv, d), k_cache[:, :, :kv_len], v_cache[:, :, :kv_len],
+            attn_mask=mask, scale=dec.scaling)  # (R, Hkv, Hq/Hkv, D)
+        x = x + layer.o(o.reshape(r, hq * d))  # (R, hidden)
+        x = x + _mlp(layer, _rms_norm(x, layer.ln2, layer.eps))  # (R, hidden)
+    return _rms_norm(x, dec.norm, dec.eps)  # (R, hidden)
+
+
+def _filter_top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """scores (R, V) = logits / tau -> the same with filtered tokens at -inf (HF's order)."""
+    if top_k > 0 and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # (R, 1)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)  # (R, V)
+        cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)  # (R, V)
+        # drop a token when the more likely tokens before it already hold top_p of the mass;
+        # the most likely token always stays
+        drop_sorted = (cum - sorted_scores.softmax(dim=-1)) >= top_p  # (R, V)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # (R, V)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores
+
+
+def _draw(probs: torch.Tensor, generator) -> torch.Tensor:
+    """One token per row from probs (R, V) by inverting the CDF with one uniform per row.
+
+    `torch.multinomial` (what HF uses) draws V exponentials per row on CPU, ~20 ms per step for
+    16 x 49,152 here; one uniform per row is enough. A token of probability 0 is never drawn:
+    the first index whose CDF exceeds u has a CDF strictly above its predecessor's."""
+    cdf = probs.cumsum(dim=-1)  # (R, V)
+    total = cdf[:, -1:].contiguous()  # (R, 1), 1 up to rounding
+    u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=cdf.dtype) * total
+    tok = torch.searchsorted(cdf, u, right=True)  # (R, 1), first index with cdf > u
+    # u * total can round up to total itself; fall back to the last token with mass
+    last = torch.searchsorted(cdf, total, right=False)  # (R, 1)
+    return torch.minimum(tok, last).squeeze(1)  # (R,)
+
+
+def _sample(logits: torch.Tensor, cfg: RolloutConfig, greedy: bool, generator):
+    """logits (R, V) -> token (R,), log pi(token) (R,) under log_softmax(logits / tau)."""
+    scores = logits.float() / cfg.temperature  # (R, V)
+    if greedy:
+        tok = scores.argmax(dim=-1)  # (R,)
+    else:
+        tok = _draw(_filter_top_k_top_p(scores, cfg.top_k, cfg.top_p).softmax(dim=-1), generator)
+    logp = scores.gather(1, tok[:, None]).squeeze(1) - torch.logsumexp(scores, dim=-1)  # (R,)
+    return tok, logp
+
+
+@torch.no_grad()
+def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: RolloutConfig,
+                    group_size: int, stop_ids: Sequence[int], pad_id: int, *, greedy: bool = False,
+                    compact: bool = True, generator: Optional[torch.Generator] = None) -> Rollout:
+    """Sample G completions for each of B left-padded prompts with a static KV cache.
+
+    prompt_ids, prompt_mask: (B, P). Same contract as `rollout.hf_generate`, plus:
+      greedy     argmax decoding (HF do_sample=False); log-probs are still log_softmax(l / tau)
+      compact    drop finished rows from the cache as they accumulate (False: static shapes)
+      generator  torch.Generator on the model's device; None draws from the global torch RNG
+    An empty `stop_ids` never stops early: every row gets exactly cfg.max_new_tokens tokens.
+    Returns a Rollout whose T is the number of decode steps run (<= cfg.max_new_tokens), with
+    `logprobs` filled (0 after a row's stop token).
+    """
+    b, p = prompt_ids.shape
+    g, t_max = group_size, cfg.max_new_tokens
+    n, max_len = b * g, p + t_max
+    if bool((prompt_mask.sum(dim=1) == 0).any()):
+        raise LmmixupError("rollout: a prompt has no tokens (all-zero prompt_mask row)")
+    _check_supported(model, max_len)
+    dec = _decoder_of(model, n)
+    device, dtype = prompt_ids.device, dec.embed.dtype
+
+    # rotary table for every position the call can reach, from the model's own module: (L, D)
+    positions = torch.arange(max_len, device=device)[None]  # (1, L)
+    cos_tab, sin_tab = model.get_decoder().rotary_emb(torch.empty(0, device=device, dtype=dtype), positions)
+    cos_tab, sin_tab = cos_tab[0], sin_tab[0]  # (L, D)
+    half = dec.head_dim // 2
+    sin_tab = torch.cat([-sin_tab[:, :half], sin_tab[:, half:]], dim=-1)  # (L, D), see _rope
+
+    cache = torch.zeros(len(dec.layers), 2, n, dec.n_kv_heads, max_len, dec.head_dim,
+                        device=device, dtype=dtype)  # (layers, 2, N, Hkv, L, D)
+    key_mask = torch.zeros(n, max_len, dtype=torch.bool, device=device)  # (N, L)
+    key_mask[:, :p] = repeat_for_group(prompt_mask.bool(), g)
+    out_ids = torch.full((n, t_max), pad_id, dtype=torch.long, device=device)  # (N, T)
+    out_logp = torch.zeros(n, t_max, dtype=torch.float32, device=device)  # (N, T)
+    stops = torch.as_tensor(list(stop_ids), dtype=torch.long, device=device)  # (S,)
+
+    hidden = _prefill(dec, prompt_ids, prompt_mask, cos_tab, sin_tab, cache, g)  # (B, hidden)
+    logits = repeat_for_group(dec.lm_head(hidden), g)  # (N, V)
+
+    rows = torch.arange(n, device=device)  # (R,) output row of each live cache row
+    pos = repeat_for_group(prompt_mask.long().sum(dim=1), g)  # (R,) position of the next token
+    done = torch.zeros(n, dtype=torch.bool, device=device)  # (R,)
+    col = torch.full((1,), p, dtype=torch.long, device=device)  # cache column of the next token
+    steps = t_max
+    for t in range(t_max):
+        if t > 0:
+            kv_len = min(max_len, -(-(p + t) // KV_BUCKET) * KV_BUCKET)
+            hidden = _decode_step(dec, tok, pos, col, cache, key_mask, cos_tab, sin_tab, kv_len)
+            logits = dec.lm_head(hidden)  # (R, V)
+            pos += 1
+            col += 1
+        tok, logp = _sample(logits, cfg, greedy, generator)  # (R,), (R,)
+        tok = tok.masked_fill(done, pad_id)
+        out_ids[rows, t] = tok
+        out_logp[rows, t] = logp.masked_fill(done, 0.0)
+        done |= torch.isin(tok, stops)
+        key_mask[:, p + t] = True  # token t is a key for every later step
+        n_live = int((~done).sum())  # the loop's only host sync per step
+        if n_live == 0:
+            steps = t + 1
+            break
+        if compact and done.shape[0] - n_live >= COMPACT_FRACTION * done.shape[0]:
+            keep = (~done).nonzero().squeeze(1)  # (R',)
+            cache = cache.index_select(2, keep)
+            key_mask, rows, pos = key_mask[keep], rows[keep], pos[keep]
+            tok, done = tok[keep], done[keep]
+
+    completion = out_ids[:, :steps]  # (N, T')
+    completion_mask, truncated = completion_mask_from_stops(completion, stop_ids)
+    return Rollout(
+        prompt_ids=repeat_for_group(prompt_ids, g),
+        prompt_mask=repeat_for_group(prompt_mask, g),
+        completion_ids=completion,
+        completion_mask=completion_mask,
+        truncated=truncated,
+        logprobs=out_logp[:, :steps],
+    )
+
+
+ENGINES["static"] = static_generate

@@ -1,0 +1,116 @@
+"""Run logging: metrics.jsonl always, Weights & Biases (offline by default) when asked.
+
+The W&B side sits behind a null object with the same two methods, so the training loop never
+branches on the logger. `metrics.jsonl` holds one JSON object per optimizer step; on resume
+the lines after the checkpoint's step are dropped first, so a step never appears twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from lmmixup.errors import LmmixupError, require
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"
+    """wandb (offline unless WANDB_MODE=online) | none (only metrics.jsonl)"""
+    project: str = "lmmixup"
+    """W&B project name"""
+    name: str = ""
+    """W&B run name; empty = W&B's default"""
+    progress_bar: bool = True
+    """show a tqdm bar with the step, reward and KL"""
+
+    def validate(self) -> None:
+        require(self.backend in ("wandb", "none"), "logger.backend",
+                f"must be wandb or none, got {self.backend!r}")
+
+
+_SECRET_KEY = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
+
+
+def redact(obj: Any) -> Any:
+    """Copy of a nested config dict with values of secret-looking keys replaced."""
+    if isinstance(obj, dict):
+        return {k: ("<redacted>" if _SECRET_KEY.search(str(k)) else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+class _NullWandb:
+    def log(self, metrics: Dict[str, float], step: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class _Wandb:
+    """A W&B run whose id is kept in the run folder, so a resumed job continues the same run."""
+
+    def __init__(self, cfg: LoggerConfig, run_dir: Path, config: Dict[str, Any]):
+        import wandb
+
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        id_file = run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+        id_file.write_text(run_id)
+        self.run = wandb.init(project=cfg.project, name=cfg.name or None, id=run_id, resume="allow",
+                              dir=str(run_dir), config=redact(config))
+
+    def log(self, metrics: Dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+class MetricsLog:
+    """Appends one JSON line per step to <run_dir>/metrics.jsonl and mirrors it to W&B."""
+
+    def __init__(self, cfg: LoggerConfig, run_dir: Path, config: Dict[str, Any],
+                 resume_step: Optional[int] = None):
+        self.path = run_dir / "metrics.jsonl"
+        self._truncate_after(resume_step)
+        self.wandb = _Wandb(cfg, run_dir, config) if cfg.backend == "wandb" else _NullWandb()
+
+    def _truncate_after(self, step: Optional[int]) -> None:
+        """Fresh run (step None): refuse to mix with an earlier run's lines. Resumed run: keep
+        only the lines up to the checkpoint's step, so no step is logged twice."""
+        if not self.path.exists():
+            return
+        if step is None:
+            if self.path.stat().st_size:
+                raise LmmixupError(f"{self.path}: already holds metrics; pass resume=auto to "
+                                   "continue that run, or pick a new hydra.run.dir")
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (json.JSONDecodeError, KeyError):
+                break  # a torn last line from a kill: drop it and everything after
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
+
+    def log(self, step: int, metrics: Dict[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.wandb.log(metrics, step=step)
+
+    def finish(self) -> None:
+        self.wandb.finish()

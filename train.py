@@ -1,0 +1,329 @@
+"""Train a policy for instruction distillation: GRPO (default) or the SFT cold start.
+
+    python train.py                                   GRPO on the embedded SmolLM2-135M-Instruct
+    python train.py experiment=smoke                  tiny random model, seconds
+    python train.py algo=dr_grpo reward=paper         variants are config groups
+    python train.py -m reward.weights.format=0.1,0.5  a sweep, one folder per run
+    python train.py stage=sft data=mixture            supervised cold start on MIXTURE targets
+    python train.py stage=eval model.name_or_path=DIR score data.eval_file with greedy decoding
+    python train.py resume=auto hydra.run.dir=DIR     continue a run from its newest checkpoint
+
+One GRPO step, top to bottom (the math lives in lmmixup/grpo.py):
+  1. take B prompts; sample G completions each (N = B*G) with the rollout engine;
+  2. score every completion with the weighted rewards, R = sum_i w_i r_i;
+  3. advantages A = (R - mean_group) / scale, with scale = group std | batch std | 1;
+  4. log-probs of the old policy (skipped at mu=1 with one mini-batch: the ratio is then 1) and
+     of the frozen reference (skipped when beta = 0);
+  5. mu passes of clipped-surrogate + beta*KL updates, split into mini-batches (one optimizer
+     update each) and micro-batches (gradient accumulation, exact in every aggregation mode).
+Everything each step computes is logged to <run dir>/metrics.jsonl and to W&B (offline).
+Step s re-seeds every RNG with (seed, s), so a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from lmmixup.cli import precheck_overrides, report_errors
+from lmmixup.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
+from lmmixup.config import TrainConfig, register_configs, to_train_config
+from lmmixup.data.prompts import PromptSampler, load_rows
+from lmmixup.errors import LmmixupError
+from lmmixup.evaluate import evaluate
+from lmmixup.grpo import group_advantages
+from lmmixup.logging import MetricsLog
+from lmmixup.models import frozen_copy, load_model, load_tokenizer, stop_token_ids
+from lmmixup.optim import build_optimizer, build_scheduler
+from lmmixup.rewards import build_rewards, compute_rewards, reward_extra_metrics
+from lmmixup.step import collect, frozen_logprobs, grpo_update, reward_batch, reward_metrics, sample
+
+register_configs()
+
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.signal_name = ""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+
+def seed_step(seed: int, step: int) -> None:
+    s = seed * 1_000_003 + step
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run(dcfg: DictConfig, run_dir: Path) -> None:
+    cfg: TrainConfig = to_train_config(dcfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_dict = OmegaConf.to_container(dcfg, resolve=True)
+    config_yaml = OmegaConf.to_yaml(dcfg, resolve=True)
+    write_atomic(run_dir / "config.yaml", config_yaml)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if cfg.device == "auto" else cfg.device)
+    seed_step(cfg.seed, 0)
+
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_model(cfg.model, tokenizer).to(device)
+    model.train()
+    stop_ids = stop_token_ids(tokenizer, model)
+    reward_fns = build_rewards(cfg.reward)
+
+    if cfg.stage == "eval":
+        evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step=0)
+        return
+    if cfg.stage == "sft":
+        run_sft(cfg, model, tokenizer, stop_ids, reward_fns, device, run_dir, config_dict,
+                config_yaml)
+        return
+
+    rows = load_rows(cfg.data.train_file)
+    sampler = PromptSampler(rows, cfg.data.shuffle_seed)
+    ref_model = frozen_copy(model) if cfg.algo.beta > 0 else None
+    G, B = cfg.algo.group_size, cfg.prompts_per_step
+    mini_prompts = cfg.mini_batch_prompts or B
+    updates_per_step = cfg.algo.num_iterations * (B // mini_prompts)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * updates_per_step)
+
+    start_step = 0
+    checkpoint = find_resume_checkpoint(cfg.resume, run_dir)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, config_dict)
+        start_step = state.step
+        sampler.load_state_dict(state.sampler)
+        print(f"resumed from {checkpoint} at step {start_step}", file=sys.stderr)
+    log = MetricsLog(cfg.logger, run_dir, config_dict,
+                     resume_step=start_step if cfg.resume else None)
+    stop = StopRequest()
+
+    def save(step: int) -> None:
+        save_checkpoint(run_dir, step, model, optimizer, scheduler, sampler.state_dict(),
+                        config_dict, config_yaml, cfg.checkpoint)
+
+    def sample_fn(batch_rows):
+        return sample(model, tokenizer, batch_rows, cfg.rollout, G, stop_ids,
+                      cfg.data.max_prompt_tokens, cfg.data.train_file, device)
+
+    def score_fn(rollout, batch_rows):
+        texts = reward_batch(tokenizer, rollout, batch_rows, G)
+        result = compute_rewards(reward_fns, cfg.reward, texts, G)
+        return texts, result.total, result.components
+
+    from tqdm import tqdm
+
+    bar = tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps,
+               desc="grpo", disable=not cfg.logger.progress_bar, dynamic_ncols=True)
+    nonfinite_skips = 0
+    step = start_step
+    for step in bar:
+        seed_step(cfg.seed, step)
+        t_step = time.perf_counter()
+
+        # 1-2. Rollout and rewards (DAPO's dynamic sampling may take extra rounds).
+        t_rollout = time.perf_counter()
+        batch = collect(sampler.next_batch, sample_fn, score_fn, B, cfg.algo, tokenizer.pad_token_id)
+        rollout_s = time.perf_counter() - t_rollout
+        rollout = batch.rollout
+        if not torch.isfinite(batch.total).all():
+            bad = [name for name, v in batch.components.items() if not torch.isfinite(v).all()]
+            nonfinite_skips = handle_nonfinite(cfg, f"reward {', '.join(bad) or 'total'}", step,
+                                               nonfinite_skips)
+            continue
+
+        # 3. Group-relative advantages.
+        advantages = group_advantages(batch.total, G, cfg.algo.adv_scale, cfg.algo.adv_eps)  # (N,)
+
+        # 4. Old-policy and reference log-probs (no gradients).
+        n = rollout.num_sequences
+        mini_batch = min(n, mini_prompts * G)
+        single_update = cfg.algo.num_iterations == 1 and mini_batch >= n
+        old_logp = None
+        if not single_update:
+            old_logp = rollout.logprobs if rollout.logprobs is not None else frozen_logprobs(
+                model, rollout, cfg.rollout.temperature, cfg.micro_batch_size, cfg.logprob_chunk_size)
+        ref_logp = None
+        if ref_model is not None:
+            ref_logp = frozen_logprobs(ref_model, rollout, cfg.rollout.temperature,
+                                       cfg.micro_batch_size, cfg.logprob_chunk_size)
+
+        # 5. Policy updates.
+        stats = grpo_update(model, optimizer, scheduler, rollout, advantages, old_logp, ref_logp,
+                            cfg.algo, cfg.rollout.max_new_tokens, mini_batch,
+                            cfg.micro_batch_size, cfg.rollout.temperature,
+                            cfg.logprob_chunk_size, cfg.optim.max_grad_norm)
+        if stats.skipped_nonfinite:
+            nonfinite_skips = handle_nonfinite(cfg, stats.skipped_nonfinite[0], step, nonfinite_skips)
+            if stats.updates == 0:
+                continue
+
+        step_s = time.perf_counter() - t_step
+        tokens = float(rollout.completion_lengths.sum())
+        grouped = batch.total.view(-1, G)
+        metrics = {
+            **reward_metrics(batch.total, batch.components),
+            **reward_extra_metrics(batch.components),
+            "grpo/loss": stats.loss,
+            "grpo/kl": stats.kl,
+            "grpo/entropy": stats.entropy,
+            "grpo/clip_frac_low": stats.clip_frac_low,
+            "grpo/clip_frac_high": stats.clip_frac_high,
+            "grpo/ratio_mean": stats.ratio_mean,
+            "grpo/ratio_max": stats.ratio_max,
+            "grpo/adv_mean": float(advantages.mean()),
+            "grpo/adv_std": float(advantages.std()),
+            "grpo/frac_zero_std_groups": float((grouped.std(dim=1) == 0).float().mean()),
+            "grpo/grad_norm": stats.grad_norm,
+            "grpo/updates": stats.updates,
+            "grpo/lr": scheduler.get_last_lr()[0],
+            "rollout/completion_len_mean": float(rollout.completion_lengths.mean()),
+            "rollout/frac_truncated": float(rollout.truncated.float().mean()),
+            "rollout/rounds": batch.rounds,
+            "rollout/dropped_groups": batch.dropped_groups,
+            "rollout/tokens_per_s": tokens / max(rollout_s, 1e-9),
+            "time/rollout_s": rollout_s,
+            "time/step_s": step_s,
+        }
+        log.log(step, metrics)
+        bar.set_postfix(reward=f"{metrics['reward/total_mean']:.3f}", kl=f"{stats.kl:.4f}")
+
+        if cfg.eval_every and step % cfg.eval_every == 0 and cfg.data.eval_file:
+            evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step, log=log)
+        if stop.signal_name:
+            save(step)
+            print(f"stopped by {stop.signal_name} after step {step}; checkpoint saved, "
+                  f"continue with resume=auto hydra.run.dir={run_dir}", file=sys.stderr)
+            log.finish()
+            return
+        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+            save(step)
+
+    save(cfg.steps)
+    save_final_model(model, tokenizer, run_dir)
+    if cfg.data.eval_file and not (cfg.eval_every and cfg.steps % cfg.eval_every == 0):
+        evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log)
+    log.finish()
+
+
+def run_sft(cfg: TrainConfig, model, tokenizer, stop_ids, reward_fns, device, run_dir: Path,
+            config_dict, config_yaml: str) -> None:
+    """The SFT cold start: cross-entropy on target tokens only (prompt masked), lr warm-up,
+    token-exact gradient accumulation. Checkpoints and resume work as in GRPO."""
+    from tqdm import tqdm
+
+    from lmmixup.sft import encode_rows, sft_backward
+
+    rows = load_rows(cfg.data.train_file)
+    examples, skipped = encode_rows(tokenizer, rows, cfg.sft.max_seq_len, cfg.data.train_file)
+    if not examples:
+        raise LmmixupError(f"{cfg.data.train_file}: every row is longer than "
+                           f"sft.max_seq_len={cfg.sft.max_seq_len}")
+    if skipped:
+        print(f"sft: skipped {skipped} rows longer than sft.max_seq_len", file=sys.stderr)
+    sampler = PromptSampler(examples, cfg.data.shuffle_seed)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
+    start_step = 0
+    checkpoint = find_resume_checkpoint(cfg.resume, run_dir)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, config_dict)
+        start_step = state.step
+        sampler.load_state_dict(state.sampler)
+    log = MetricsLog(cfg.logger, run_dir, config_dict,
+                     resume_step=start_step if cfg.resume else None)
+    stop = StopRequest()
+    params = [p for p in model.parameters() if p.requires_grad]
+    bar = tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps,
+               desc="sft", disable=not cfg.logger.progress_bar, dynamic_ncols=True)
+    step = start_step
+    for step in bar:
+        seed_step(cfg.seed, step)
+        t_step = time.perf_counter()
+        batch = sampler.next_batch(cfg.sft.examples_per_step)
+        optimizer.zero_grad(set_to_none=True)
+        loss, tokens = sft_backward(model, batch, cfg.micro_batch_size, tokenizer.pad_token_id,
+                                    device, cfg.logprob_chunk_size)
+        clip_to = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
+        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            raise LmmixupError(f"step {step}: non-finite SFT {'loss' if not np.isfinite(loss) else 'gradient'}; "
+                               "stopping with the last checkpoint intact")
+        optimizer.step()
+        scheduler.step()
+        step_s = time.perf_counter() - t_step
+        log.log(step, {"sft/loss": loss, "sft/target_tokens": tokens, "sft/grad_norm": grad_norm,
+                       "sft/lr": scheduler.get_last_lr()[0], "time/step_s": step_s,
+                       "sft/tokens_per_s": tokens / max(step_s, 1e-9)})
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if stop.signal_name or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+            save_checkpoint(run_dir, step, model, optimizer, scheduler, sampler.state_dict(),
+                            config_dict, config_yaml, cfg.checkpoint)
+        if stop.signal_name:
+            print(f"stopped by {stop.signal_name} after step {step}; checkpoint saved", file=sys.stderr)
+            log.finish()
+            return
+    save_checkpoint(run_dir, cfg.steps, model, optimizer, scheduler, sampler.state_dict(),
+                    config_dict, config_yaml, cfg.checkpoint)
+    save_final_model(model, tokenizer, run_dir)
+    if cfg.data.eval_file:
+        evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log)
+    log.finish()
+
+
+def save_final_model(model, tokenizer, run_dir: Path) -> None:
+    """<run dir>/model: a save_pretrained folder, usable as model.name_or_path (atomic)."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=run_dir))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    final = run_dir / "model"
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+
+
+def handle_nonfinite(cfg: TrainConfig, what: str, step: int, skips: int) -> int:
+    """Count a skipped batch, or stop (the last checkpoint on disk is untouched)."""
+    skips += 1
+    print(f"step {step}: non-finite {what}; batch skipped before touching the weights",
+          file=sys.stderr)
+    if cfg.on_nonfinite == "stop" or skips > cfg.max_nonfinite_skips:
+        raise LmmixupError(f"step {step}: non-finite {what} (skipped {skips - 1} batches before); "
+                           "stopping with the last checkpoint intact")
+    return skips
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def main(dcfg: DictConfig) -> None:
+    report_errors(lambda: run(dcfg, Path(HydraConfig.get().runtime.output_dir)))
+
+
+if __name__ == "__main__":
+    precheck_overrides(sys.argv[1:], Path(__file__).parent / "conf", "config", register_configs)
+    main()
