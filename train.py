@@ -38,11 +38,11 @@ from omegaconf import DictConfig, OmegaConf
 from lmmixup.cli import precheck_overrides, report_errors
 from lmmixup.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
 from lmmixup.config import TrainConfig, register_configs, to_train_config
-from lmmixup.data.prompts import PromptSampler, load_rows
+from lmmixup.data.prompts import PromptSampler, check_prompt_lengths, load_rows
 from lmmixup.errors import LmmixupError
 from lmmixup.evaluate import evaluate
 from lmmixup.grpo import group_advantages
-from lmmixup.logging import MetricsLog
+from lmmixup.logging import MetricsLog, redact
 from lmmixup.models import frozen_copy, load_model, load_tokenizer, stop_token_ids
 from lmmixup.optim import build_optimizer, build_scheduler
 from lmmixup.rewards import build_rewards, compute_rewards, reward_extra_metrics
@@ -77,30 +77,37 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def run(dcfg: DictConfig, run_dir: Path) -> None:
+    # Every check runs before anything is written, so a failed start (bad data, a checkpoint
+    # that does not fit) leaves an earlier run's config.yaml, metrics and checkpoints as they were.
     cfg: TrainConfig = to_train_config(dcfg)
+    config_dict = redact(OmegaConf.to_container(dcfg, resolve=True))  # no secrets in any file
+    config_yaml = OmegaConf.to_yaml(config_dict)
+    # Read the data before the (slow) model load: a bad line fails in a second.
+    rows = load_rows(cfg.data.train_file) if cfg.stage != "eval" else []
+    eval_rows = load_rows(cfg.data.eval_file)[: cfg.eval_max_rows] if cfg.data.eval_file else []
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_dict = OmegaConf.to_container(dcfg, resolve=True)
-    config_yaml = OmegaConf.to_yaml(dcfg, resolve=True)
-    write_atomic(run_dir / "config.yaml", config_yaml)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else "cpu" if cfg.device == "auto" else cfg.device)
     seed_step(cfg.seed, 0)
 
     tokenizer = load_tokenizer(cfg.model)
+    if cfg.stage == "grpo":  # SFT skips (and counts) rows over sft.max_seq_len instead
+        check_prompt_lengths(tokenizer, rows, cfg.data.max_prompt_tokens, cfg.data.train_file)
+    check_prompt_lengths(tokenizer, eval_rows, cfg.data.max_prompt_tokens, cfg.data.eval_file)
     model = load_model(cfg.model, tokenizer).to(device)
     model.train()
     stop_ids = stop_token_ids(tokenizer, model)
     reward_fns = build_rewards(cfg.reward)
 
     if cfg.stage == "eval":
+        write_atomic(run_dir / "config.yaml", config_yaml)
         evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step=0)
         return
     if cfg.stage == "sft":
-        run_sft(cfg, model, tokenizer, stop_ids, reward_fns, device, run_dir, config_dict,
+        run_sft(cfg, rows, model, tokenizer, stop_ids, reward_fns, device, run_dir, config_dict,
                 config_yaml)
         return
 
-    rows = load_rows(cfg.data.train_file)
     sampler = PromptSampler(rows, cfg.data.shuffle_seed)
     ref_model = frozen_copy(model) if cfg.algo.beta > 0 else None
     G, B = cfg.algo.group_size, cfg.prompts_per_step
@@ -118,6 +125,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         print(f"resumed from {checkpoint} at step {start_step}", file=sys.stderr)
     log = MetricsLog(cfg.logger, run_dir, config_dict,
                      resume_step=start_step if cfg.resume else None)
+    write_atomic(run_dir / "config.yaml", config_yaml)  # only now that every check has passed
     stop = StopRequest()
 
     def save(step: int) -> None:
@@ -149,7 +157,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         rollout_s = time.perf_counter() - t_rollout
         rollout = batch.rollout
         if not torch.isfinite(batch.total).all():
-            bad = [name for name, v in batch.components.items() if not torch.isfinite(v).all()]
+            bad = [repr(name) for name, v in batch.components.items()
+                   if not torch.isfinite(v).all()]
             nonfinite_skips = handle_nonfinite(cfg, f"reward {', '.join(bad) or 'total'}", step,
                                                nonfinite_skips)
             continue
@@ -228,15 +237,14 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     log.finish()
 
 
-def run_sft(cfg: TrainConfig, model, tokenizer, stop_ids, reward_fns, device, run_dir: Path,
-            config_dict, config_yaml: str) -> None:
+def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, device,
+            run_dir: Path, config_dict, config_yaml: str) -> None:
     """The SFT cold start: cross-entropy on target tokens only (prompt masked), lr warm-up,
     token-exact gradient accumulation. Checkpoints and resume work as in GRPO."""
     from tqdm import tqdm
 
     from lmmixup.sft import encode_rows, sft_backward
 
-    rows = load_rows(cfg.data.train_file)
     examples, skipped = encode_rows(tokenizer, rows, cfg.sft.max_seq_len, cfg.data.train_file)
     if not examples:
         raise LmmixupError(f"{cfg.data.train_file}: every row is longer than "
@@ -254,6 +262,7 @@ def run_sft(cfg: TrainConfig, model, tokenizer, stop_ids, reward_fns, device, ru
         sampler.load_state_dict(state.sampler)
     log = MetricsLog(cfg.logger, run_dir, config_dict,
                      resume_step=start_step if cfg.resume else None)
+    write_atomic(run_dir / "config.yaml", config_yaml)  # only now that every check has passed
     stop = StopRequest()
     params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps,
@@ -311,11 +320,15 @@ def save_final_model(model, tokenizer, run_dir: Path) -> None:
 def handle_nonfinite(cfg: TrainConfig, what: str, step: int, skips: int) -> int:
     """Count a skipped batch, or stop (the last checkpoint on disk is untouched)."""
     skips += 1
+    if cfg.on_nonfinite == "stop":
+        raise LmmixupError(f"step {step}: non-finite {what}; stopping with the last checkpoint "
+                           "intact (on_nonfinite=stop)")
+    if skips > cfg.max_nonfinite_skips:
+        raise LmmixupError(f"step {step}: non-finite {what}; stopping with the last checkpoint "
+                           f"intact (non-finite batches so far: {skips}, "
+                           f"max_nonfinite_skips={cfg.max_nonfinite_skips})")
     print(f"step {step}: non-finite {what}; batch skipped before touching the weights",
           file=sys.stderr)
-    if cfg.on_nonfinite == "stop" or skips > cfg.max_nonfinite_skips:
-        raise LmmixupError(f"step {step}: non-finite {what} (skipped {skips - 1} batches before); "
-                           "stopping with the last checkpoint intact")
     return skips
 
 

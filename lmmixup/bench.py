@@ -34,7 +34,7 @@ Sections (all on the embedded SmolLM2-135M-Instruct, fp32):
             lmmixup.step functions vs TRL's GRPOTrainer: B=4 x G=4, 64 max completion tokens,
             beta=0.04, mu=1, fp32, AdamW lr 1e-6, 2 micro-batches of 8, no gradient
             checkpointing (TRL's default turns it on; ours has it off), the same trivial
-            reward (completion length in characters / 200, capped at 1). Each trainer runs in
+            reward (the fraction of vowels in the completion's text). Each trainer runs in
             its own child process; seconds per step = median over the steps after the first;
             peak RSS = VmHWM over those steps (reset after the models are loaded).
 """
@@ -282,7 +282,8 @@ def bench_roofline(reps: int, table: List) -> Dict:
 
 
 def _trivial_reward(text: str) -> float:
-    return min(len(text), 200) / 200.0
+    """Fraction of vowels: cheap, and it differs between completions, so advantages are not 0."""
+    return sum(c in "aeiou" for c in text.lower()) / max(len(text), 1)
 
 
 def child_step_ours(steps: int) -> Dict:
@@ -305,7 +306,7 @@ def child_step_ours(steps: int) -> Dict:
     sched = build_scheduler(opt, optim_cfg, steps)
     rows = [PromptRow(prompt=q) for q in PROMPTS]
     base = reset_peak_rss()
-    times, lengths = [], []
+    times, lengths, parts = [], [], []
     for s in range(steps):
         torch.manual_seed(s)
         t0 = time.perf_counter()
@@ -313,14 +314,18 @@ def child_step_ours(steps: int) -> Dict:
         texts = reward_batch(tok, rollout, rows, algo.group_size)
         rewards = torch.tensor([_trivial_reward(c) for c in texts.completions])  # (N,)
         adv = group_advantages(rewards, algo.group_size, algo.adv_scale, algo.adv_eps)  # (N,)
+        t1 = time.perf_counter()
         ref_logp = frozen_logprobs(ref, rollout, rollout_cfg.temperature, micro, chunk)
+        t2 = time.perf_counter()
         grpo_update(model, opt, sched, rollout, adv, None, ref_logp, algo,
                     rollout_cfg.max_new_tokens, rollout.num_sequences, micro,
                     rollout_cfg.temperature, chunk, optim_cfg.max_grad_norm)
-        times.append(time.perf_counter() - t0)
+        t3 = time.perf_counter()
+        times.append(t3 - t0)
+        parts.append({"rollout_reward": t1 - t0, "ref_logprobs": t2 - t1, "update": t3 - t2})
         lengths.append(float(rollout.completion_lengths.mean()))
     return {"step_s": times, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base,
-            "completion_len_mean": lengths}
+            "completion_len_mean": lengths, "parts_s": parts}
 
 
 def child_step_trl(steps: int) -> Dict:

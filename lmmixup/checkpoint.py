@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from lmmixup.errors import LmmixupError, require
+from lmmixup.errors import LmmixupError, brief, require
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -146,9 +146,27 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Optional[Path]:
         found = checkpoints_in(run_dir)
         return found[-1] if found else None
     path = Path(resume).expanduser()
+    if not path.exists():
+        raise LmmixupError(f"resume: {resume!r} does not exist")
     if not (path / "meta.json").exists():
-        raise LmmixupError(f"resume: {resume!r} is not a complete checkpoint folder (no meta.json)")
+        found = checkpoints_in(path)
+        hint = (f"; it is a run folder: pass resume=auto hydra.run.dir={resume} or "
+                f"resume={found[-1]}") if found else ""
+        raise LmmixupError(f"resume: {resume!r} is not a complete checkpoint folder "
+                           f"(no meta.json){hint}")
     return path
+
+
+_META_KEYS = ("step", "sampler", "rng", "model_identity", "config_fingerprint")
+
+
+def _describe_changes(keys: List[str], ours: Dict[str, str], theirs: Dict[str, str],
+                      shown: int = 3) -> str:
+    """'algo.beta=0.2 (checkpoint: 0.0), ...' for the first few differing keys."""
+    parts = [f"{k}={ours.get(k, 'unset')} (checkpoint: {theirs.get(k, 'unset')})"
+             for k in keys[:shown]]
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(parts) + more
 
 
 @dataclass
@@ -165,26 +183,42 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, config: Dict[str, A
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise LmmixupError(f"{path / 'meta.json'}: unreadable checkpoint metadata ({e})") from None
-    if meta.get("model_identity") != model_identity(model):
-        raise LmmixupError(f"{path}: checkpoint is from a different model architecture than "
-                           f"model.name_or_path={config['model']['name_or_path']!r}")
-    ours, theirs = config_fingerprint(config), meta.get("config_fingerprint", {})
+    missing = [k for k in _META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise LmmixupError(f"{path / 'meta.json'}: not checkpoint metadata (missing "
+                           f"{', '.join(missing)})")
+    ours, theirs = config_fingerprint(config), meta["config_fingerprint"]
     differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if meta["model_identity"] != model_identity(model):
+        model_keys = [k for k in differing if k.startswith("model.")]
+        what = (_describe_changes(model_keys, ours, theirs) if model_keys else
+                f"model.name_or_path={config['model']['name_or_path']!r} has other parameter "
+                "names or shapes")
+        raise LmmixupError(f"{path}: checkpoint is from a different model architecture: {what}")
     if differing:
-        shown = ", ".join(differing[:5]) + (" ..." if len(differing) > 5 else "")
-        raise LmmixupError(f"{path}: checkpoint was written with a different config ({shown}); "
-                           "resume with the same settings or start a new run")
+        raise LmmixupError(f"{path}: checkpoint was written with a different config: "
+                           f"{_describe_changes(differing, ours, theirs)}; resume with the "
+                           "same settings or start a new run")
+    # Both files are read before any state is restored: a bad file leaves nothing half-loaded.
+    weights_file, trainer_file = path / "model.safetensors", path / "trainer.pt"
+    for file in (weights_file, trainer_file):
+        if not file.is_file():
+            raise LmmixupError(f"{file}: missing; the checkpoint is incomplete")
     try:
-        load_model(model, str(path / "model.safetensors"))
+        trainer = torch.load(trainer_file, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise LmmixupError(f"{path / 'model.safetensors'}: cannot load weights "
-                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise LmmixupError(f"{trainer_file}: cannot load trainer state, the file is truncated "
+                           f"or corrupt ({brief(e)})") from None
     try:
-        trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+        load_model(model, str(weights_file))
     except Exception as e:
-        raise LmmixupError(f"{path / 'trainer.pt'}: cannot load trainer state "
-                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    optimizer.load_state_dict(trainer["optimizer"])
-    scheduler.load_state_dict(trainer["scheduler"])
+        raise LmmixupError(f"{weights_file}: cannot load weights, the file is truncated or "
+                           f"corrupt ({brief(e)})") from None
+    try:
+        optimizer.load_state_dict(trainer["optimizer"])
+        scheduler.load_state_dict(trainer["scheduler"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise LmmixupError(f"{trainer_file}: optimizer state does not fit this run "
+                           f"({brief(e)})") from None
     set_rng_state(meta["rng"], trainer["torch_rng"])
     return ResumeState(step=meta["step"], sampler=meta["sampler"])

@@ -30,6 +30,17 @@ def _composition_message(exc: BaseException) -> str:
     """The most specific single line out of a Hydra/OmegaConf composition error."""
     texts = [str(e) for e in (exc, exc.__cause__) if e is not None]
     joined = "\n".join(texts)
+    missing = re.search(r"Could not find '(.+)/([^/']*)'", joined)
+    if missing:  # `model=nope`: name the choices, not Hydra's search path
+        group, name = missing.groups()
+        options = re.search(rf"Available options in '{re.escape(group)}':\n((?:\t.*\n?)*)", joined)
+        choices = ", ".join(o.strip() for o in options.group(1).splitlines()) if options else ""
+        return (f"{group}={name}: no such option in conf/{group}/"
+                + (f"; available: {choices}" if choices else ""))
+    append = re.search(r"To append to your config use (\+\S+)", joined)
+    if append and "is not in struct" in joined:  # a new key of a dict, e.g. reward.weights.x=1
+        key = append.group(1)[1:].split("=", 1)[0]
+        return f"{key}: not in the config; add a new key with a leading +: {append.group(1)}"
     key = re.search(r"full_key:\s*(\S+)", joined)
     reasons = [line.strip() for t in texts for line in t.splitlines()
                if line.strip() and not line.strip().startswith(("full_key", "object_type",
@@ -52,6 +63,14 @@ def precheck_overrides(argv: List[str], config_dir: Path, config_name: str,
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:  # name the override that does not parse: Hydra only says where
+        try:
+            parser.parse_override(override)
+        except HydraException as e:
+            fail(f"{override}: not a valid override ({str(e).splitlines()[0]})")
     register()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
@@ -68,3 +87,26 @@ def report_errors(fn: Callable[[], None]) -> None:
         if full_errors():
             raise
         fail(str(e))
+
+
+def parse_key_values(schema, argv: List[str]):
+    """`key=value` arguments (dotted for nested keys) onto a config dataclass, validated.
+
+    Unknown keys and wrong types become one-line ConfigErrors naming the key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from lmmixup.errors import ConfigError
+
+    for arg in argv:
+        if "=" not in arg:
+            raise ConfigError(f"{arg}: arguments are key=value")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(list(argv)))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        first = str(getattr(e, "msg", e)).splitlines()[0]
+        raise ConfigError(f"{key}: {first}" if key else first) from None
+    cfg.validate()
+    return cfg

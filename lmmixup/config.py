@@ -78,6 +78,8 @@ class TrainConfig:
     def validate(self) -> None:
         require(self.stage in ("grpo", "sft", "eval"), "stage",
                 f"must be grpo, sft or eval, got {self.stage!r}")
+        require(self.stage != "eval" or bool(self.data.eval_file), "data.eval_file",
+                "stage=eval needs a JSONL file of rows to score")
         require(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
         require(self.prompts_per_step > 0, "prompts_per_step", "must be > 0")
         require(self.mini_batch_prompts >= 0, "mini_batch_prompts", "must be >= 0")
@@ -113,5 +115,24 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
         typed = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(str(e).splitlines()[0]) from None
+    # Hydra lets `+key=value` add a key to a structured config and to_object drops it silently,
+    # so a typo such as `+algo.bta=0.1` would train with the default: refuse it here.
+    unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False), typed)
+    if unknown:
+        key, owner = unknown[0]
+        raise ConfigError(f"{key}: Key '{key.rsplit('.', 1)[-1]}' not in '{owner}'")
     validate_all(typed)
     return typed
+
+
+def unknown_keys(node: dict, typed, prefix: str = "") -> list:
+    """(dotted key, dataclass name) of every key in `node` that `typed`'s dataclass lacks."""
+    fields = {f.name for f in dataclasses.fields(typed)}
+    found = []
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            found.append((dotted, type(typed).__name__))
+        elif isinstance(value, dict) and dataclasses.is_dataclass(getattr(typed, key)):
+            found += unknown_keys(value, getattr(typed, key), dotted + ".")
+    return found

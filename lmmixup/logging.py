@@ -34,7 +34,10 @@ class LoggerConfig:
                 f"must be wandb or none, got {self.backend!r}")
 
 
-_SECRET_KEY = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
+# A key names a credential when its last word does: api_key, hf_token, client_secret, password.
+# Anchored at the end so counts such as rollout.max_new_tokens or pad_token_id stay visible.
+_SECRET_KEY = re.compile(r"(^|[_\-.])(api_?key|access_?key|secret(_?key)?|password|passwd|token)$",
+                         re.IGNORECASE)
 
 
 def redact(obj: Any) -> Any:

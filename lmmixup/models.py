@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lmmixup.errors import LmmixupError, require
+from lmmixup.errors import LmmixupError, brief, require
 
 EMBEDDED_PREFIX = "embedded:"
 SMOLLM2 = "smollm2-135m-instruct"
@@ -167,9 +167,9 @@ def load_tokenizer(cfg: ModelConfig):
     path = str(smollm2_tokenizer_dir()) if cfg.name_or_path == "tiny" else resolve_path(cfg.name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    except OSError as e:
-        raise LmmixupError(f"model.name_or_path: cannot load a tokenizer from {path!r}: "
-                           f"{str(e).splitlines()[0]}") from e
+    except (OSError, ValueError) as e:
+        raise LmmixupError(f"model.name_or_path: cannot load a tokenizer from {path!r} "
+                           f"({brief(e)})") from e
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"  # generation batches are left-padded
@@ -212,9 +212,9 @@ def load_model(cfg: ModelConfig, tokenizer):
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code,
                 use_safetensors=None)
-        except (OSError, ValueError) as e:
-            raise LmmixupError(f"model.name_or_path: cannot load a causal LM from {path!r}: "
-                               f"{str(e).splitlines()[0]}") from e
+        except Exception as e:  # OSError, ValueError, SafetensorError, ...: all about the files
+            raise LmmixupError(f"model.name_or_path: cannot load a causal LM from {path!r} "
+                               f"({brief(e)})") from e
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False  # training forwards never need the KV cache

@@ -81,3 +81,16 @@ def test_cli_row_errors(tmp_path, capsys, row, msg):
     rows = write_rows(tmp_path / "rows.jsonl", [row])
     assert main(["score", "--input", str(rows), "--library", str(lib)]) == 1
     assert msg in capsys.readouterr().err
+
+
+def test_bench_runs_small(tmp_path, monkeypatch, capsys):
+    from lmmixup.rewards import bench
+
+    monkeypatch.setenv("LMMIXUP_CACHE", str(tmp_path / "cache"))
+    entry = tmp_path / "entry.md"
+    bench.main(["--runs", "1", "--batch", "8", "--group", "4", "--library-rows", "40",
+                "--entry-out", str(entry)])
+    out = capsys.readouterr().out
+    assert "all three (compute_rewards):" in out and "format alone:" in out
+    text = entry.read_text()
+    assert "- Command: `python -m lmmixup.rewards.bench --runs 1 --batch 8" in text

@@ -67,10 +67,15 @@ SHAPES = {
            ["Paris.", "Q: What is it?", "A: Paris. Q: capital?", "Q: capital?A: Paris",
             "Q: A: Paris"]),
     "mcq": (["Q: Which planet is largest? A) Mars B) Jupiter C) Venus D) Earth Answer: B",
-             "Q: 2+2?\nA) 3\nB) 4\nC) 5\nD) 6\nAnswer: B."],
+             "Q: 2+2?\nA) 3\nB) 4\nC) 5\nD) 6\nAnswer: B.",
+             "Q: Where do fish live? A) sea B) sky C) desert Answer: A",  # 3 options (SocialIQA)
+             "Q: Pick one. A) a B) b C) c D) d E) e Answer: E"],  # 5 (CommonsenseQA)
             ["Q: Which planet? A) Mars B) Jupiter C) Venus D) Earth",  # no Answer line
-             "Q: Which planet? A) Mars B) Jupiter C) Venus Answer: B",  # no D)
-             "Q: Which planet? A) Mars B) Jupiter C) Venus D) Earth Answer: E",  # not A-D
+             "Q: Which planet? A) Mars B) Jupiter C) Venus D) Earth Answer: E",  # not an option
+             "Q: Which planet? A) Mars B) Jupiter D) Earth Answer: B",  # letters skip C
+             "Q: Which planet? B) Mars C) Jupiter Answer: B",  # does not start at A
+             "Q: Which planet? A) Mars Answer: A",  # one option is not a choice
+             "Q: Which planet? A) Mars B) Jupiter C) Venus D) Earth Answer: b",  # case-sensitive
              "Answer: B"]),
     "tfq": (["Water boils at 100 C at sea level. Answer: True",
              "The Sun orbits the Earth.\nAnswer: False"],
@@ -115,3 +120,18 @@ def test_format_half_credits():
 def test_unknown_task_is_an_error():
     with pytest.raises(LmmixupError, match="unknown task 'QA'"):
         format_score(wrap("Q: a A: b"), "QA")
+
+
+@pytest.mark.parametrize("task,question,answer", [
+    ("qa", "What is the capital of France?", "Paris."),
+    ("mcq", "Which gas do plants absorb?\nA) Oxygen\nB) Carbon dioxide\nC) Helium", "B"),
+    ("mcq", "Pick one.\nA) a\nB) b\nC) c\nD) d\nE) e", "E"),
+    ("tfq", "Water boils at 100 C at sea level.", "True"),
+    ("cs", "The striker scored twice in the final.", "sports"),
+    ("para", "Describe a sunset.", "The sky turns orange and pink as the sun sinks."),
+])
+def test_pairs_rendered_by_the_data_pipeline_earn_the_shape_half(task, question, answer):
+    # contract with lmmixup/data/schema.py: a reference written in its task's shape passes
+    from lmmixup.data.schema import render_pair
+
+    assert answer_matches_task(render_pair(task, question, answer), task)

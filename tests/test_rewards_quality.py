@@ -3,7 +3,7 @@ file and its embedding cache, and the real MiniLM on a clearly separated library
 
 import json
 import math
-import os
+import random
 
 import pytest
 import torch
@@ -139,7 +139,6 @@ def separated_library(path, n=40):
 def test_good_answer_q1_degraded_q0(tmp_path, embedder):
     cfg = QualityConfig(library=str(separated_library(tmp_path / "rated.jsonl")), k=8)
     scorer = KnnQuality(cfg, embedder)
-    import random
     rng = random.Random(123)  # a different seed: texts not in the library
     good = [fluent_sentence(rng) for _ in range(3)]
     bad = [gibberish(rng) for _ in range(3)]

@@ -7,7 +7,7 @@ import torch
 from lmmixup.data.layout import prompt_messages, target_text
 from lmmixup.data.prompts import PromptRow
 from lmmixup.errors import LmmixupError
-from lmmixup.models import ModelConfig, load_model, load_tokenizer
+from lmmixup.models import ModelConfig, load_model
 from lmmixup.optim import OptimConfig, build_optimizer, build_scheduler
 from lmmixup.sft import (IGNORE_INDEX, collate, encode_example, encode_rows, sft_backward,
                          sft_loss)
@@ -25,9 +25,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(TINY)
+@pytest.fixture()
+def tok(tiny_tokenizer):  # conftest's session-wide tiny (SmolLM2) tokenizer
+    return tiny_tokenizer
 
 
 def make_row(i: int):

@@ -10,9 +10,10 @@ Pipeline (PAPER.md "How it was built", with real seed pairs in place of GPT-writ
                balanced across sources, split them BY SEED: sft_frac for SFT, the rest for GRPO,
                test_frac of that held out as test (per source, so every split has every source)
   2. embed     embed every seed (cluster.embedder), in shards
-  3. clusters  per seed: 2-20 rated variants (degrade.py), one cluster of 2-5 of them, sometimes
-               with a variant of the nearest seed of the same task *in the same split*, and the
-               training row (cluster.py); in shards
+  3. clusters  per seed: degrade.variants_min..max rated variants (default 2-8; the paper 2-20;
+               degrade.py), one cluster of 2-5 of them, sometimes with a variant of the nearest
+               seed of the same task *in the same split*, and the training row (cluster.py); in
+               shards. A seed whose cluster text stays over cluster.max_member_chars is dropped
   4. assemble  sft.jsonl, grpo_train.jsonl, grpo_test.jsonl, rated.jsonl, manifest.json
 rated.jsonl holds the seeds (score 5) and all their variants (0-4) of the sft and grpo_train
 splits only, so a quality reward's kNN library never contains the test references.
@@ -410,21 +411,9 @@ def _assemble(cfg: MixtureConfig, out: Path, work: Path, n_shards: int, seed_sta
 def parse_args(argv: Sequence[str]) -> MixtureConfig:
     """key=value overrides (dotted for nested keys) onto MixtureConfig; unknown keys and wrong
     types are one-line ConfigErrors."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from lmmixup.cli import parse_key_values
 
-    for arg in argv:
-        if "=" not in arg:
-            raise ConfigError(f"{arg}: arguments are key=value, e.g. out=data/mixture size=2000")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(MixtureConfig), OmegaConf.from_dotlist(list(argv)))
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        raise ConfigError(f"{key}: {str(e.msg).splitlines()[0]}" if key
-                          else str(e).splitlines()[0]) from None
-    cfg.validate()
-    return cfg
+    return parse_key_values(MixtureConfig, list(argv))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

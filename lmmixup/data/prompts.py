@@ -30,6 +30,8 @@ class DataConfig:
     """JSONL of training prompts (GRPO) or prompt+target rows (SFT)"""
     eval_file: str = ""
     """JSONL of held-out rows scored after training; empty = no evaluation"""
+    rated_file: str = ""
+    """rated (text, score 0-5) rows made with the data; reward=paper uses it as its kNN library"""
     shuffle_seed: int = 0
     """seed of the per-epoch prompt order"""
     max_prompt_tokens: int = 1024
@@ -102,7 +104,8 @@ def load_rows(path: str) -> List[PromptRow]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise LmmixupError(f"{where}: not valid UTF-8 (byte {e.start})") from None
+                raise LmmixupError(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
+                                   f"column {e.start + 1}); re-save the file as UTF-8") from None
             if not text.strip():
                 continue
             try:
@@ -111,7 +114,7 @@ def load_rows(path: str) -> List[PromptRow]:
                 raise LmmixupError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
             rows.append(_parse_row(obj, where, line_no))
     if not rows:
-        raise LmmixupError(f"{path}: no rows")
+        raise LmmixupError(f"{path}: no rows (the file is empty or holds only blank lines)")
     return rows
 
 
@@ -120,14 +123,28 @@ def render_prompt(tokenizer, row: PromptRow) -> str:
     return tokenizer.apply_chat_template(row.messages(), tokenize=False, add_generation_prompt=True)
 
 
-def encode_prompts(tokenizer, rows: List[PromptRow], max_prompt_tokens: int, source: str = ""):
-    """Rows -> left-padded (B, P) ids and mask. A prompt over the limit names its file line."""
+def _prompt_ids(tokenizer, rows: List[PromptRow], max_prompt_tokens: int,
+                source: str) -> List[List[int]]:
+    """Token ids of every rendered prompt; a prompt over the limit names its file line."""
     texts = [render_prompt(tokenizer, r) for r in rows]
     enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
     for r, ids in zip(rows, enc):
         if len(ids) > max_prompt_tokens:
             raise LmmixupError(f"{source}:{r.line}: prompt has {len(ids)} tokens, over "
                                f"data.max_prompt_tokens={max_prompt_tokens}")
+    return enc
+
+
+def check_prompt_lengths(tokenizer, rows: List[PromptRow], max_prompt_tokens: int,
+                         source: str, chunk: int = 256) -> None:
+    """Fail at start-up, not at the step that first samples a too-long prompt."""
+    for start in range(0, len(rows), chunk):
+        _prompt_ids(tokenizer, rows[start : start + chunk], max_prompt_tokens, source)
+
+
+def encode_prompts(tokenizer, rows: List[PromptRow], max_prompt_tokens: int, source: str = ""):
+    """Rows -> left-padded (B, P) ids and mask. A prompt over the limit names its file line."""
+    enc = _prompt_ids(tokenizer, rows, max_prompt_tokens, source)
     width = max(len(ids) for ids in enc)
     input_ids = torch.full((len(enc), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, P)
     mask = torch.zeros((len(enc), width), dtype=torch.long)  # (B, P)

@@ -18,6 +18,7 @@ import datetime
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,6 +56,16 @@ def median_time(fn, runs: int, before=None):
         wall.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
     return statistics.median(wall), statistics.median(cpu)
+
+
+def matmul_gflops(size: int = 512, reps: int = 40) -> float:
+    """fp32 matmul throughput right now: a yardstick for how busy the (shared) machine is."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * size ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 def main(argv=None) -> None:
@@ -105,13 +116,15 @@ def main(argv=None) -> None:
              f"batch: {args.batch} completions (B={args.batch // G} x G={G}), "
              f"library {args.library_rows} rows, k={cfg.quality.k}, "
              f"torch threads {torch.get_num_threads()}, median of {args.runs} runs, "
-             f"machine load average at the end {os.getloadavg()[0]:.1f}"]
+             f"machine load average at the end {os.getloadavg()[0]:.1f}, fp32 matmul "
+             f"{matmul_gflops():.0f} GFLOP/s (docs: ~317 on an idle machine)"]
     lines += [f"{name}: {wall * 1000:.0f} ms wall, {cpu * 1000:.0f} ms CPU"
               for name, (wall, cpu) in results.items()]
     print("\n".join(lines))
     if args.entry_out:
         today = datetime.date.today().isoformat()
-        cmd = "python -m lmmixup.rewards.bench " + " ".join(argv or [])
+        flags = sys.argv[1:] if argv is None else list(argv)
+        cmd = "python -m lmmixup.rewards.bench " + " ".join(flags)
         entry = [f"\n## {today} — paper rewards benchmark (quality + alignment + format)",
                  f"- Command: `{cmd.strip()}`"] + [f"- {line}" for line in lines]
         Path(args.entry_out).write_text("\n".join(entry) + "\n")

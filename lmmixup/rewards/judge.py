@@ -59,6 +59,7 @@ class JudgeConfig:
     def validate(self) -> None:
         require(self.batch_size > 0, "reward.quality.judge.batch_size", "must be > 0")
         require(self.max_text_tokens > 0, "reward.quality.judge.max_text_tokens", "must be > 0")
+        self.model.validate()
 
 
 def _messages(text: str) -> List[Dict[str, str]]:
@@ -127,10 +128,12 @@ class LLMJudge:
                                              for k, v in self.prefix_kv])
         positions = P + torch.arange(ids.shape[1], device=self.device)[None, :].expand(b, -1)
         with torch.inference_mode():
-            logits = self.model(ids, past_key_values=cache, position_ids=positions,
-                                use_cache=True).logits  # (b, Ts, V)
-        last = logits[torch.arange(b, device=self.device), lengths - 1]  # (b, V)
-        return self._expected(last)
+            hidden = self.model.base_model(ids, past_key_values=cache, position_ids=positions,
+                                           use_cache=True).last_hidden_state  # (b, Ts, H)
+            last = hidden[torch.arange(b, device=self.device), lengths - 1]  # (b, H)
+            # the LM head on each row's last real token only, not on all b*Ts positions
+            logits = self.model.get_output_embeddings()(last)  # (b, V)
+        return self._expected(logits)
 
     def _expected(self, last_logits: torch.Tensor) -> torch.Tensor:
         """(b, V) next-token logits -> E (b,) over the score tokens."""
