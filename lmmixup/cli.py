@@ -60,10 +60,9 @@ def precheck_overrides(argv: List[str], config_dir: Path, config_name: str,
         return
     overrides = [a for a in argv if not a.startswith(("hydra.", "-"))]
     from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
     for override in overrides:  # name the override that does not parse: Hydra only says where

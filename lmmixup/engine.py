@@ -53,12 +53,14 @@ COMPACT_FRACTION = 0.25
 
 
 class _Linear:
-    """y = x W^T + b with the weight prepared once per rollout call.
+    """y = x W^T + b, optionally fused with silu(y), y * other or y + other.
 
-    On CPU the weight is reordered into oneDNN's blocked layout: a decode step multiplies only
-    N rows by each weight, and the stock fp32 GEMM is poor at that skinny shape (SmolLM2's
-    lm_head: 29 ms vs 12 ms per step here). Elsewhere it is a plain F.linear. This picks a
-    kernel, not an algorithm: both compute the same product up to float rounding."""
+    The weight is prepared once per rollout call. On CPU it is reordered into oneDNN's blocked
+    layout and the element-wise op runs inside the GEMM: a decode step multiplies only N rows by
+    each weight, a shape at which the stock fp32 GEMM is poor (SmolLM2's lm_head: 29 ms vs
+    12 ms per step here), and every separate element-wise kernel costs a launch per layer.
+    Elsewhere (CUDA) it is F.linear followed by the op. This picks kernels, not an algorithm:
+    both compute the same thing up to float rounding."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], rows_hint: int):
         self.bias = bias
@@ -72,10 +74,29 @@ class _Linear:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
+    def silu(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "swish", [], "")
+        return F.silu(F.linear(x, self.weight, self.bias))
 
-def _fused_linear(mods: Sequence[torch.nn.Module], rows_hint: int) -> _Linear:
-    """One GEMM for several projections that read the same input (q|k|v, gate|up)."""
+    def mul(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.weight, self.bias, "mul")
+        return F.linear(x, self.weight, self.bias) * other
+
+    def add(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.weight, self.bias, "add")
+        return F.linear(x, self.weight, self.bias) + other
+
+
+def _prepared(mods: Sequence[torch.nn.Module], rows_hint: int,
+              norm: Optional[torch.Tensor] = None) -> _Linear:
+    """One GEMM for projections that read the same input (q|k|v). A preceding RMSNorm's weight
+    is folded into the columns: (w * x_hat) W^T = x_hat (W diag(w))^T, one kernel fewer."""
     weight = torch.cat([m.weight for m in mods], dim=0).detach()  # (sum out, in)
+    if norm is not None:
+        weight = weight * norm.detach()[None, :]
     bias = None
     if any(m.bias is not None for m in mods):
         bias = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.weight.shape[0])
@@ -83,20 +104,14 @@ def _fused_linear(mods: Sequence[torch.nn.Module], rows_hint: int) -> _Linear:
     return _Linear(weight, bias, rows_hint)
 
 
-def _module_linear(m: torch.nn.Module, rows_hint: int) -> _Linear:
-    return _Linear(m.weight.detach(), None if m.bias is None else m.bias.detach(), rows_hint)
-
-
 @dataclass
 class _Layer:
-    ln1: torch.Tensor  # (hidden,) input RMSNorm weight
-    ln2: torch.Tensor  # (hidden,) post-attention RMSNorm weight
     eps: float
-    qkv: _Linear  # hidden -> (Hq + 2 Hkv) * D
-    o: _Linear  # Hq * D -> hidden
-    gate_up: _Linear  # hidden -> 2 * intermediate
-    down: _Linear  # intermediate -> hidden
-    act: torch.nn.Module
+    qkv: _Linear  # hidden -> (Hq + 2 Hkv) * D, input RMSNorm weight folded in
+    o: _Linear  # Hq * D -> hidden, + residual
+    gate: _Linear  # hidden -> intermediate, silu, post-attention RMSNorm weight folded in
+    up: _Linear  # hidden -> intermediate, * silu(gate), norm weight folded in
+    down: _Linear  # intermediate -> hidden, + residual
 
 
 @dataclass
@@ -105,8 +120,7 @@ class _Decoder:
 
     embed: torch.Tensor  # (V, hidden)
     layers: List[_Layer]
-    norm: torch.Tensor  # (hidden,)
-    eps: float
+    eps: float  # final RMSNorm (its weight is folded into lm_head)
     lm_head: _Linear  # hidden -> V
     n_heads: int
     n_kv_heads: int
@@ -142,23 +156,21 @@ def _decoder_of(model, rows_hint: int) -> _Decoder:
     layers = []
     for layer in backbone.layers:
         sa, mlp = layer.self_attn, layer.mlp
+        ln1, ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
         layers.append(_Layer(
-            ln1=layer.input_layernorm.weight.detach(),
-            ln2=layer.post_attention_layernorm.weight.detach(),
             eps=layer.input_layernorm.variance_epsilon,
-            qkv=_fused_linear([sa.q_proj, sa.k_proj, sa.v_proj], rows_hint),
-            o=_module_linear(sa.o_proj, rows_hint),
-            gate_up=_fused_linear([mlp.gate_proj, mlp.up_proj], rows_hint),
-            down=_module_linear(mlp.down_proj, rows_hint),
-            act=mlp.act_fn,
+            qkv=_prepared([sa.q_proj, sa.k_proj, sa.v_proj], rows_hint, ln1),
+            o=_prepared([sa.o_proj], rows_hint),
+            gate=_prepared([mlp.gate_proj], rows_hint, ln2),
+            up=_prepared([mlp.up_proj], rows_hint, ln2),
+            down=_prepared([mlp.down_proj], rows_hint),
         ))
     attn = backbone.layers[0].self_attn
     return _Decoder(
         embed=backbone.embed_tokens.weight.detach(),
         layers=layers,
-        norm=backbone.norm.weight.detach(),
         eps=backbone.norm.variance_epsilon,
-        lm_head=_module_linear(model.get_output_embeddings(), rows_hint),
+        lm_head=_prepared([model.get_output_embeddings()], rows_hint, backbone.norm.weight),
         n_heads=model.config.num_attention_heads,
         n_kv_heads=model.config.num_key_value_heads,
         head_dim=attn.head_dim,
@@ -166,9 +178,9 @@ def _decoder_of(model, rows_hint: int) -> _Decoder:
     )
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """HF's LlamaRMSNorm / Qwen2RMSNorm: normalise in fp32, cast back, then scale."""
-    return weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+def _normed(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF's RMSNorm without its weight (folded into the next matmul): normalise in fp32."""
+    return F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
@@ -180,17 +192,17 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch
     return x * cos + swapped * sin_signed
 
 
-def _mlp(layer: _Layer, x: torch.Tensor) -> torch.Tensor:
-    gu = layer.gate_up(x)  # (..., 2I)
-    gate, up = gu.chunk(2, dim=-1)  # (..., I) each
-    return layer.down(layer.act(gate) * up)  # (..., hidden)
+def _mlp_residual(layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+    """x + down(silu(gate(norm x)) * up(norm x)), x (R, hidden), three fused GEMMs."""
+    h = _normed(x, layer.eps)  # (R, hidden)
+    return layer.down.add(layer.up.mul(h, layer.gate.silu(h)), x)  # (R, hidden)
 
 
 def _prefill(dec: _Decoder, ids, mask, cos_tab, sin_tab, cache, group_size: int) -> torch.Tensor:
     """Run the B prompts once, writing each prompt's K/V into its G cache rows.
 
     ids, mask: (B, P). cache: (layers, 2, B*G, Hkv, L, D). Returns the final-normed hidden state
-    of the last prompt position (B, hidden)."""
+    of the last prompt position (B, hidden), before the (folded) final norm weight."""
     b, p = ids.shape
     hq, hkv, d = dec.n_heads, dec.n_kv_heads, dec.head_dim
     pos = mask.long().cumsum(-1) - 1  # (B, P), HF's position ids for left padding
@@ -200,9 +212,9 @@ def _prefill(dec: _Decoder, ids, mask, cos_tab, sin_tab, cache, group_size: int)
     eye = torch.eye(p, dtype=torch.bool, device=ids.device)  # (P, P)
     attn_mask = (causal & mask.bool()[:, None, None, :]) | eye  # (B, 1, P, P)
     rep = hq // hkv
-    x = F.embedding(ids, dec.embed)  # (B, P, hidden)
+    x = F.embedding(ids.reshape(-1), dec.embed)  # (B*P, hidden)
     for li, layer in enumerate(dec.layers):
-        qkv = layer.qkv(_rms_norm(x, layer.ln1, layer.eps)).view(b, p, hq + 2 * hkv, d)
+        qkv = layer.qkv(_normed(x, layer.eps)).view(b, p, hq + 2 * hkv, d)
         qk = _rope(qkv[:, :, : hq + hkv], cos, sin)  # (B, P, Hq + Hkv, D)
         q = qk[:, :, :hq].transpose(1, 2)  # (B, Hq, P, D)
         k = qk[:, :, hq:].transpose(1, 2)  # (B, Hkv, P, D)
@@ -213,22 +225,22 @@ def _prefill(dec: _Decoder, ids, mask, cos_tab, sin_tab, cache, group_size: int)
         k = k[:, :, None].expand(b, hkv, rep, p, d).reshape(b, hq, p, d)  # (B, Hq, P, D)
         v = v[:, :, None].expand(b, hkv, rep, p, d).reshape(b, hq, p, d)  # (B, Hq, P, D)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=dec.scaling)  # (B, Hq, P, D)
-        x = x + layer.o(o.transpose(1, 2).reshape(b, p, hq * d))  # (B, P, hidden)
-        x = x + _mlp(layer, _rms_norm(x, layer.ln2, layer.eps))  # (B, P, hidden)
-    return _rms_norm(x[:, -1], dec.norm, dec.eps)  # (B, hidden)
+        x = layer.o.add(o.transpose(1, 2).reshape(b * p, hq * d), x)  # (B*P, hidden)
+        x = _mlp_residual(layer, x)  # (B*P, hidden)
+    return _normed(x.view(b, p, -1)[:, -1], dec.eps)  # (B, hidden)
 
 
 def _decode_step(dec: _Decoder, tok, pos, col, cache, key_mask, cos_tab, sin_tab, kv_len: int):
     """One new token per row. tok, pos: (R,) ; col: (1,) cache column of this token ;
     cache: (layers, 2, R, Hkv, L, D) ; key_mask: (R, L) bool, True where a key is real.
-    Returns the final-normed hidden state (R, hidden)."""
+    Returns the final-normed hidden state (R, hidden), before the (folded) norm weight."""
     r = tok.shape[0]
     hq, hkv, d = dec.n_heads, dec.n_kv_heads, dec.head_dim
     cos, sin = cos_tab[pos][:, None], sin_tab[pos][:, None]  # (R, 1, D)
     mask = key_mask[:, None, None, :kv_len]  # (R, 1, 1, kv_len)
     x = F.embedding(tok, dec.embed)  # (R, hidden)
     for li, layer in enumerate(dec.layers):
-        qkv = layer.qkv(_rms_norm(x, layer.ln1, layer.eps)).view(r, hq + 2 * hkv, d)
+        qkv = layer.qkv(_normed(x, layer.eps)).view(r, hq + 2 * hkv, d)
         qk = _rope(qkv[:, : hq + hkv], cos, sin)  # (R, Hq + Hkv, D)
         k_cache, v_cache = cache[li, 0], cache[li, 1]  # (R, Hkv, L, D) each
         k_cache.index_copy_(2, col, qk[:, hq:, None])
@@ -237,9 +249,9 @@ def _decode_step(dec: _Decoder, tok, pos, col, cache, key_mask, cos_tab, sin_tab
         o = F.scaled_dot_product_attention(
             qk[:, :hq].view(r, hkv, hq // hkv, d), k_cache[:, :, :kv_len], v_cache[:, :, :kv_len],
             attn_mask=mask, scale=dec.scaling)  # (R, Hkv, Hq/Hkv, D)
-        x = x + layer.o(o.reshape(r, hq * d))  # (R, hidden)
-        x = x + _mlp(layer, _rms_norm(x, layer.ln2, layer.eps))  # (R, hidden)
-    return _rms_norm(x, dec.norm, dec.eps)  # (R, hidden)
+        x = layer.o.add(o.reshape(r, hq * d), x)  # (R, hidden)
+        x = _mlp_residual(layer, x)  # (R, hidden)
+    return _normed(x, dec.eps)  # (R, hidden)
 
 
 def _filter_top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

@@ -26,6 +26,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -104,6 +105,107 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[to
     return logp, (entropy if with_entropy else None)
 
 
+def _prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+    """Rows in group order share their prompt: (owner (N,) index of each row's unique prompt,
+    first (U,) the first row of each unique prompt), or None when no two neighbours match."""
+    if prompt_ids.shape[0] < 2:
+        return None
+    same = ((prompt_ids[1:] == prompt_ids[:-1]) & (prompt_mask[1:] == prompt_mask[:-1])).all(1)  # (N-1,)
+    if not bool(same.any()):
+        return None
+    starts = torch.cat([same.new_ones(1), ~same])  # (N,) True where a new prompt begins
+    return starts.long().cumsum(0) - 1, starts.nonzero().squeeze(1)
+
+
+def shares_prompts(model) -> bool:
+    """Whether `_shared_prompt_hidden` reproduces this model's forward exactly (Llama/Qwen2
+    decoders without sliding windows, dynamic RoPE or attention dropout)."""
+    cfg = model.config
+    if getattr(cfg, "model_type", None) not in ("llama", "qwen2"):
+        return False
+    if getattr(cfg, "use_sliding_window", False) and "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
+        return False
+    rope = getattr(cfg, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type")) == "dynamic":
+        return False
+    return not (model.training and getattr(cfg, "attention_dropout", 0.0) > 0)
+
+
+def _rotate(x, cos, sin):
+    """HF's rotary embedding (rotate-half convention). x (..., D); cos, sin broadcast to x."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def _shared_prompt_hidden(model, prompt_ids, prompt_mask, owner, completion_ids):
+    """The decoder over U unique prompts and N completions, each prompt computed ONCE.
+
+    prompt_ids, prompt_mask: (U, P) left-padded unique prompts; owner: (N,) prompt of each
+    completion row; completion_ids: (N, T). Completion queries attend to their prompt's keys
+    (index_select, whose backward sums the G rows' gradients) and causally to their own. The
+    values and gradients are those of running every row's prompt+completion separately, with
+    U*P + N*T token rows instead of N*(P+T). Returns the final-normed hidden states that
+    predict the completion tokens: (N, T, hidden)."""
+    backbone = model.get_decoder()
+    cfg = model.config
+    u, p = prompt_ids.shape
+    n, t = completion_ids.shape
+    first_attn = backbone.layers[0].self_attn
+    hq, hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, first_attn.head_dim
+    rep, scale, dev = hq // hkv, first_attn.scaling, prompt_ids.device
+
+    valid = prompt_mask.bool()  # (U, P) real prompt keys
+    p_pos = position_ids_from_mask(prompt_mask)  # (U, P)
+    c_pos = prompt_mask.long().sum(1)[owner][:, None] + torch.arange(t, device=dev)  # (N, T)
+    causal_p = torch.ones(p, p, dtype=torch.bool, device=dev).tril()  # (P, P)
+    # a padded prompt query sees itself too, so no softmax row is empty (its output is unused)
+    p_mask = (causal_p & valid[:, None, None, :]) | torch.eye(p, dtype=torch.bool, device=dev)  # (U,1,P,P)
+    causal_t = torch.ones(t, t, dtype=torch.bool, device=dev).tril()  # (T, T)
+    c_mask = torch.cat([valid[owner][:, None, None, :].expand(n, 1, t, p),
+                        causal_t.expand(n, 1, t, t)], dim=-1)  # (N, 1, T, P+T)
+
+    x = torch.cat([backbone.embed_tokens(prompt_ids).flatten(0, 1),
+                   backbone.embed_tokens(completion_ids).flatten(0, 1)])  # (U*P + N*T, hidden)
+    cos_p, sin_p = backbone.rotary_emb(x, p_pos)  # (U, P, D)
+    cos_c, sin_c = backbone.rotary_emb(x, c_pos)  # (N, T, D)
+    cos_p, sin_p, cos_c, sin_c = (c[:, None] for c in (cos_p, sin_p, cos_c, sin_c))  # (., 1, L, D)
+
+    def heads(y, rows, length, nh):  # (rows*length, nh*D) -> (rows, nh, length, D)
+        return y.view(rows, length, nh, d).transpose(1, 2)
+
+    def repeat(y):  # (R, Hkv, L, D) -> (R, Hq, L, D), HF's repeat_kv
+        r, _, length, _ = y.shape
+        return y[:, :, None].expand(r, hkv, rep, length, d).reshape(r, hq, length, d)
+
+    def layer_fn(layer, x):
+        sa = layer.self_attn
+        h = layer.input_layernorm(x)  # (U*P + N*T, hidden)
+        q, k, v = sa.q_proj(h), sa.k_proj(h), sa.v_proj(h)
+        qp, qc = heads(q[:u * p], u, p, hq), heads(q[u * p:], n, t, hq)  # (U,Hq,P,D), (N,Hq,T,D)
+        kp, kc = heads(k[:u * p], u, p, hkv), heads(k[u * p:], n, t, hkv)  # (U,Hkv,P,D), (N,Hkv,T,D)
+        vp, vc = heads(v[:u * p], u, p, hkv), heads(v[u * p:], n, t, hkv)
+        qp, kp = _rotate(qp, cos_p, sin_p), _rotate(kp, cos_p, sin_p)
+        qc, kc = _rotate(qc, cos_c, sin_c), _rotate(kc, cos_c, sin_c)
+        op = F.scaled_dot_product_attention(qp, repeat(kp), repeat(vp), attn_mask=p_mask,
+                                            scale=scale)  # (U, Hq, P, D)
+        k_all = torch.cat([kp.index_select(0, owner), kc], dim=2)  # (N, Hkv, P+T, D)
+        v_all = torch.cat([vp.index_select(0, owner), vc], dim=2)  # (N, Hkv, P+T, D)
+        oc = F.scaled_dot_product_attention(qc, repeat(k_all), repeat(v_all), attn_mask=c_mask,
+                                            scale=scale)  # (N, Hq, T, D)
+        o = torch.cat([op.transpose(1, 2).reshape(u * p, hq * d),
+                       oc.transpose(1, 2).reshape(n * t, hq * d)])  # (U*P + N*T, Hq*D)
+        x = x + sa.o_proj(o)
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    ckpt = getattr(model, "is_gradient_checkpointing", False) and torch.is_grad_enabled()
+    for layer in backbone.layers:
+        x = checkpoint(layer_fn, layer, x, use_reentrant=False) if ckpt else layer_fn(layer, x)
+    # position P-1 of the prompt predicts completion token 0; completion token j predicts j+1
+    last = x[:u * p].view(u, p, -1)[:, -1].index_select(0, owner)  # (N, hidden)
+    rest = x[u * p:].view(n, t, -1)[:, :-1]  # (N, T-1, hidden)
+    return backbone.norm(torch.cat([last[:, None], rest], dim=1))  # (N, T, hidden)
+
+
 def completion_logprobs(
     model,
     prompt_ids: torch.Tensor,
@@ -118,21 +220,31 @@ def completion_logprobs(
     prompt_ids, prompt_mask: (N, P) left-padded;  completion_ids: (N, T).
     Returns logp (N, T) and, if asked, entropy (N, T) (detached). Positions after the stop token
     are computed too; the caller masks them.
+
+    Rows in group order repeat their prompt G times; for Llama/Qwen2 models each distinct
+    prompt then runs through the decoder once (`_shared_prompt_hidden`), which for SmolLM2 at
+    P ~ 40, T = 64, G = 4 cuts the decoder's token rows by ~30%, in forward and backward.
     """
     n, p = prompt_ids.shape
     t = completion_ids.shape[1]
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P+T)
-    # Completion tokens after EOS are padding but stay "attended": they are masked out of the
-    # loss, and causal attention means they never influence earlier positions.
-    attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)  # (N, P+T)
-    hidden = model.get_decoder()(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state  # (N, P+T, H)
-    # The hidden state at position i predicts token i+1: completion token j is predicted at P+j-1.
-    hidden = hidden[:, p - 1 : p + t - 1, :].reshape(n * t, -1)  # (N*T, H)
+    groups = _prompt_groups(prompt_ids, prompt_mask) if shares_prompts(model) else None
+    if groups is not None:
+        owner, first = groups
+        hidden = _shared_prompt_hidden(model, prompt_ids[first], prompt_mask[first], owner,
+                                       completion_ids).reshape(n * t, -1)  # (N*T, H)
+    else:
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P+T)
+        # Completion tokens after EOS are padding but stay "attended": they are masked out of
+        # the loss, and causal attention means they never influence earlier positions.
+        attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)  # (N, P+T)
+        hidden = model.get_decoder()(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        ).last_hidden_state  # (N, P+T, H)
+        # The hidden state at position i predicts token i+1: completion token j is predicted at P+j-1.
+        hidden = hidden[:, p - 1 : p + t - 1, :].reshape(n * t, -1)  # (N*T, H)
     head = model.get_output_embeddings()
     logp, entropy = token_logprobs(hidden, head.weight, head.bias, completion_ids.reshape(n * t),
                                    temperature, chunk_size, with_entropy)  # (N*T,) each

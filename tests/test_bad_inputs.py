@@ -50,11 +50,12 @@ class Row:
 
     def command(self) -> str:
         """As docs/BAD_INPUTS.md shows it: BASE and a fresh run folder are implied."""
-        return " ".join([*self.args, *([] if self.run == "<new>" else [f"hydra.run.dir={self.run}"])])
+        folder = [] if self.run == "<new>" else [f"hydra.run.dir={self.run}"]
+        return " ".join([*self.args, *folder])
 
 
-def R(id: str, args: str, error: str, run: str = "<new>") -> Row:
-    return Row(id, tuple(args.split()), error, run)
+def R(row_id: str, args: str, error: str, run: str = "<new>") -> Row:
+    return Row(row_id, tuple(args.split()), error, run)
 
 
 ROWS = [
@@ -63,7 +64,8 @@ ROWS = [
       "algo.no_such_key: Key 'no_such_key' not in 'AlgoConfig'"),
     R("config-unknown-key-added-with-plus", "+algo.bta=0.1",
       "algo.bta: Key 'bta' not in 'AlgoConfig'"),
-    R("config-unknown-root-key-added-with-plus", "++stepz=3", "stepz: Key 'stepz' not in 'TrainConfig'"),
+    R("config-unknown-root-key-added-with-plus", "++stepz=3",
+      "stepz: Key 'stepz' not in 'TrainConfig'"),
     R("config-wrong-type-int", "steps=many",
       "steps: Value 'many' of type 'str' could not be converted to Integer"),
     R("config-wrong-type-float", "algo.beta=abc",
@@ -234,7 +236,8 @@ def write_bad_models(models: Path) -> None:
 
 
 def tamper_checkpoint(source: Path, ckpt: Path) -> None:
-    for name, file in (("truncated_weights", "model.safetensors"), ("truncated_trainer", "trainer.pt")):
+    for name, file in (("truncated_weights", "model.safetensors"),
+                       ("truncated_trainer", "trainer.pt")):
         shutil.copytree(source, ckpt / name)
         data = (ckpt / name / file).read_bytes()
         (ckpt / name / file).write_bytes(data[: len(data) // 2])
@@ -258,6 +261,7 @@ def world(tmp_path_factory) -> Dict[str, Path]:
     out = train_subprocess([*BASE, "logger=wandb", f"hydra.run.dir={places['run']}"],
                            env={"WANDB_API_KEY": SECRET, "WANDB_MODE": "offline"})
     assert out.returncode == 0, out.stderr[-3000:]
+    assert SECRET not in out.stdout + out.stderr
     tamper_checkpoint(places["run"] / "checkpoints" / "step_000001", places["ckpt"])
     return places
 
@@ -287,9 +291,9 @@ def test_real_cli_prints_the_same_line(row_id, world, tmp_path):
     before = tree_hashes(root)
     out = train_subprocess(argv_of(row, places))
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: " + fill(row.error, places)
+    assert out.stderr.strip() == "error: " + fill(row.error, places), out.stderr
     assert "Traceback" not in out.stdout + out.stderr
-    assert tree_hashes(root) == before  # Hydra's own train.log and .hydra/ included
+    assert tree_hashes(root) == before  # Hydra's train.log included (and no .hydra/ is written)
 
 
 class NanProbe:

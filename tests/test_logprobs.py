@@ -104,3 +104,72 @@ def test_no_grad_completion_logprobs(tiny_model):
         ref, _ = _naive_completion_logprobs(tiny_model, prompt_ids, mask, completion_ids, 1.0)
     assert ent is None and not logp.requires_grad
     assert torch.allclose(logp, ref, atol=1e-5, rtol=0)
+
+
+def _grouped_batch(vocab, group=3, seed=0):
+    """3 distinct left-padded prompts, each repeated `group` times (group order), and random
+    completions: (N, P), (N, P), (N, T)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [2, 7, 5]
+    p = max(lengths)
+    prompt_ids = torch.zeros(len(lengths), p, dtype=torch.long)
+    prompt_mask = torch.zeros_like(prompt_ids)
+    for i, n in enumerate(lengths):
+        prompt_ids[i, p - n:] = torch.randint(3, vocab, (n,), generator=g)
+        prompt_mask[i, p - n:] = 1
+    prompt_ids = prompt_ids.repeat_interleave(group, 0)
+    prompt_mask = prompt_mask.repeat_interleave(group, 0)
+    completion_ids = torch.randint(3, vocab, (prompt_ids.shape[0], 6), generator=g)
+    return prompt_ids, prompt_mask, completion_ids
+
+
+def _qwen2_tiny():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+        initializer_range=0.2))
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.bias.normal_(0, 0.3)
+            layer.self_attn.k_proj.bias.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("which", ["tiny_llama", "qwen2", "llama_checkpointed"])
+def test_prompts_shared_by_a_group_run_once_with_identical_values_and_grads(which, tiny_model):
+    """Rows in group order share their prompt: the decoder runs each prompt once. Values and
+    parameter gradients must equal the naive per-row forward."""
+    from lmmixup.logprobs import _prompt_groups, shares_prompts
+
+    model = _qwen2_tiny() if which == "qwen2" else tiny_model
+    if which == "llama_checkpointed":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    prompt_ids, prompt_mask, completion_ids = _grouped_batch(model.config.vocab_size)
+    assert shares_prompts(model)
+    owner, first = _prompt_groups(prompt_ids, prompt_mask)
+    assert owner.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and first.tolist() == [0, 3, 6]
+
+    logp, ent = completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, 0.9, 5,
+                                    with_entropy=True)
+    ref, ref_ent = _naive_completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, 0.9)
+    assert torch.allclose(logp, ref, atol=1e-5, rtol=0)
+    assert torch.allclose(ent, ref_ent.detach(), atol=1e-4, rtol=0)
+    upstream = torch.randn(logp.shape, generator=torch.Generator().manual_seed(3))
+    params = [p for p in model.parameters() if p.requires_grad]
+    g_ours = torch.autograd.grad((logp * upstream).sum(), params)
+    g_ref = torch.autograd.grad((ref * upstream).sum(), params)
+    for a, b in zip(g_ours, g_ref):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_rows_without_a_shared_prompt_take_the_plain_path():
+    from lmmixup.logprobs import _prompt_groups
+
+    ids = torch.tensor([[1, 2], [1, 3], [1, 2]])  # no two neighbours equal
+    assert _prompt_groups(ids, torch.ones_like(ids)) is None
+    mask = torch.tensor([[1, 1], [0, 1]])
+    assert _prompt_groups(torch.tensor([[1, 2], [1, 2]]), mask) is None  # same ids, other mask

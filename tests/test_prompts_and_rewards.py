@@ -91,3 +91,13 @@ def test_a_failing_reward_names_itself_and_the_sample():
     with pytest.raises(LmmixupError) as info:
         compute_rewards(fns, cfg, batch(["a", "a", "b", "a"]), 2)
     assert str(info.value).startswith("reward 'explodes_on_b' failed on sample 2: ZeroDivisionError")
+
+
+def test_overlong_penalty_by_hand():
+    from lmmixup.rewards.simple import overlong_penalty
+
+    # L_max 128, L_cache 32: free up to 96 tokens; 112 is halfway down the ramp: (96-112)/32 = -0.5
+    assert overlong_penalty(96, 128, 32) == 0.0
+    assert overlong_penalty(112, 128, 32) == -0.5
+    assert overlong_penalty(128, 128, 32) == -1.0
+    assert overlong_penalty(129, 128, 32) == -1.0

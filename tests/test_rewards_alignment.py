@@ -87,10 +87,18 @@ def paper_cfg(tmp_path) -> RewardConfig:
 
 
 def test_paper_yaml_needs_a_library():
-    merged = OmegaConf.merge(OmegaConf.structured(RewardConfig),
-                             OmegaConf.load(ROOT / "conf/reward/paper.yaml"))
-    with pytest.raises(ConfigError, match="reward.quality.library"):
-        OmegaConf.to_object(merged).validate()
+    # reward=paper takes its library from data.rated_file; the starter data has none
+    from hydra import compose, initialize_config_dir
+
+    from lmmixup.config import register_configs, to_train_config
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        dcfg = compose("config", overrides=["reward=paper"])
+        with pytest.raises(ConfigError, match="reward.quality.library"):
+            to_train_config(dcfg)
+        mixture = to_train_config(compose("config", overrides=["reward=paper", "data=mixture"]))
+    assert mixture.reward.quality.library == "data/mixture/rated.jsonl"
 
 
 def test_paper_mix_end_to_end_with_one_encode_call(tmp_path):

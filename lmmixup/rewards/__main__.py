@@ -50,7 +50,9 @@ def load_config(args):
     from lmmixup.rewards.registry import RewardConfig
 
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(RewardConfig), OmegaConf.load(PAPER_YAML))
+        paper = OmegaConf.load(PAPER_YAML)
+        paper.quality.library = ""  # paper.yaml points at ${data.rated_file}; here --library sets it
+        merged = OmegaConf.merge(OmegaConf.structured(RewardConfig), paper)
         if args.weights is not None:
             merged.weights = _parse_weights(args.weights)  # replaces the whole mix
         if args.library is not None:

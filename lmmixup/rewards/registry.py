@@ -73,6 +73,18 @@ class LengthRewardConfig:
 
 
 @dataclass
+class OverlongRewardConfig:
+    max_tokens: int = 128
+    """L_max: completions longer than this get the full -1 penalty (set to rollout.max_new_tokens)"""
+    buffer_tokens: int = 32
+    """L_cache: the penalty ramps linearly from 0 to -1 over the last buffer_tokens before L_max"""
+
+    def validate(self) -> None:
+        require(0 < self.buffer_tokens <= self.max_tokens, "reward.overlong.buffer_tokens",
+                "must be in (0, reward.overlong.max_tokens]")
+
+
+@dataclass
 class RewardConfig:
     weights: Dict[str, float] = field(default_factory=dict)
     """reward name -> mixing weight w_i; only names listed here are computed"""
@@ -82,6 +94,8 @@ class RewardConfig:
     """added to the group std when normalize_per_group is on; a constant group maps to 0"""
     length: LengthRewardConfig = field(default_factory=LengthRewardConfig)
     """settings of the `length` reward"""
+    overlong: OverlongRewardConfig = field(default_factory=OverlongRewardConfig)
+    """settings of the `overlong` reward (DAPO's soft length penalty)"""
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     """sentence embedder shared by the `alignment` and `quality` rewards"""
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)

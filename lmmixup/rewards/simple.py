@@ -1,4 +1,5 @@
-"""Two cheap, real rewards that need no model: tag structure and a length target.
+"""Cheap, real rewards that need no model: tag structure, a length target, and DAPO's soft
+overlong penalty.
 
 They make the default GRPO run meaningful before the paper's rewards (quality, alignment,
 format-by-task) are switched on with `reward=paper`.
@@ -40,5 +41,26 @@ def build_length(cfg: RewardConfig):
 
     def score(batch: RewardBatch):
         return [length_score(c, target) for c in batch.completions]
+
+    return score
+
+
+def overlong_penalty(num_tokens: int, max_tokens: int, buffer_tokens: int) -> float:
+    """DAPO's soft overlong punishment: 0 up to L_max - L_cache, then a linear ramp down to -1
+    at L_max, and -1 beyond it."""
+    free = max_tokens - buffer_tokens
+    if num_tokens <= free:
+        return 0.0
+    if num_tokens <= max_tokens:
+        return (free - num_tokens) / buffer_tokens
+    return -1.0
+
+
+@register_reward("overlong")
+def build_overlong(cfg: RewardConfig):
+    o = cfg.overlong
+
+    def score(batch: RewardBatch):
+        return [overlong_penalty(n, o.max_tokens, o.buffer_tokens) for n in batch.completion_tokens]
 
     return score
