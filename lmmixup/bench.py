@@ -428,7 +428,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                "step": lambda: bench_step(args.steps, table)}
     for name in SECTIONS:
         if name in only:
+            done = len(table)
             results.update(runners[name]())
+            for row in table[done:]:  # progress, in case a later section fails
+                print("  ".join(str(c) for c in row), file=sys.stderr, flush=True)
     results["threads"] = torch.get_num_threads()
     results["torch"] = torch.__version__
     if not args.json:

@@ -1,8 +1,9 @@
 """The static-KV-cache rollout engine (`rollout.engine=static`), for HF Llama and Qwen2 models.
 
 It reads the weights of a transformers `LlamaForCausalLM` / `Qwen2ForCausalLM` (embeddings,
-each layer's RMSNorms, q/k/v/o projections, MLP, the rotary table, the final norm and lm_head)
-and runs its own decode loop instead of `model.generate`:
+each layer's RMSNorms, q/k/v/o projections (Qwen2's q/k/v biases too), MLP, the model's own
+rotary-embedding module, the final norm and the lm_head, tied or not) and runs its own decode
+loop instead of `model.generate`:
 
   * One KV-cache tensor, (layers, 2, N, Hkv, P+T, D), allocated (zeroed) once per call. The B
     prompts are prefilled ONCE (B rows, not B*G) and their keys/values are broadcast into the G
@@ -15,10 +16,14 @@ and runs its own decode loop instead of `model.generate`:
     tail is masked. At most (P+T)/KV_BUCKET distinct shapes, so torch.compile / CUDA graphs see
     a handful of static shapes. Grouped-query attention never repeats the cache: the H query
     heads are viewed as (Hkv, H/Hkv) "queries" of their shared KV head.
-  * Sampling happens on the device: softmax(logits / tau), then top-k, then top-p (nucleus,
-    HF's order), then `torch.multinomial` (HF's sampler), drawing from `generator` or, by
-    default, the global torch RNG, which the trainer seeds every step for an exact resume.
-    `greedy=True` takes the argmax instead (HF `do_sample=False`).
+  * Weights are prepared once per call (`_Linear`): q|k|v fused into one GEMM, each RMSNorm's
+    weight folded into the matmul after it, and on CPU oneDNN's prepacked layout with the
+    silu / multiply / residual add fused into the GEMM. Prepared copies live only during the
+    call (the policy changes every optimizer step).
+  * Sampling happens on the device: logits / tau, then top-k, then top-p (nucleus; HF's order),
+    then one uniform per row through the CDF (`_draw`), drawn from `generator` or, by default,
+    the global torch RNG, which the trainer seeds every step for an exact resume.
+    `greedy=True` (or top_k=1) takes the argmax instead (HF `do_sample=False`).
   * The log-prob of each sampled token under log_softmax(logits / tau) of the *full*
     distribution (before top-k/top-p) is recorded, so at mu = 1 the old-policy log-probs need
     no extra forward pass.
@@ -31,7 +36,9 @@ and runs its own decode loop instead of `model.generate`:
     A padded *query* also attends to itself so that no softmax row is empty (a NaN there would
     leak into real rows through 0 * NaN); padded rows' outputs are never used.
 
-The code has no device branches: the same tensors and ops run on CPU and CUDA.
+The algorithm has no device branches: the same tensors and ops run on CPU and CUDA; only
+`_Linear` picks a CPU kernel. Tests: tests/test_engine.py (greedy tokens equal HF generate's,
+recorded log-probs equal a fresh forward, a chi-square test of the sampled frequencies).
 """
 
 from __future__ import annotations
@@ -94,7 +101,7 @@ def _prepared(mods: Sequence[torch.nn.Module], rows_hint: int,
               norm: Optional[torch.Tensor] = None) -> _Linear:
     """One GEMM for projections that read the same input (q|k|v). A preceding RMSNorm's weight
     is folded into the columns: (w * x_hat) W^T = x_hat (W diag(w))^T, one kernel fewer."""
-    weight = torch.cat([m.weight for m in mods], dim=0).detach()  # (sum out, in)
+    weight = (mods[0].weight if len(mods) == 1 else torch.cat([m.weight for m in mods])).detach()  # (out, in)
     if norm is not None:
         weight = weight * norm.detach()[None, :]
     bias = None
@@ -288,7 +295,7 @@ def _draw(probs: torch.Tensor, generator) -> torch.Tensor:
 def _sample(logits: torch.Tensor, cfg: RolloutConfig, greedy: bool, generator):
     """logits (R, V) -> token (R,), log pi(token) (R,) under log_softmax(logits / tau)."""
     scores = logits.float() / cfg.temperature  # (R, V)
-    if greedy:
+    if greedy or cfg.top_k == 1:
         tok = scores.argmax(dim=-1)  # (R,)
     else:
         tok = _draw(_filter_top_k_top_p(scores, cfg.top_k, cfg.top_p).softmax(dim=-1), generator)
@@ -303,7 +310,8 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
     """Sample G completions for each of B left-padded prompts with a static KV cache.
 
     prompt_ids, prompt_mask: (B, P). Same contract as `rollout.hf_generate`, plus:
-      greedy     argmax decoding (HF do_sample=False); log-probs are still log_softmax(l / tau)
+      greedy     argmax decoding (HF do_sample=False), also implied by cfg.top_k == 1;
+                 log-probs are still those of log_softmax(logits / tau)
       compact    drop finished rows from the cache as they accumulate (False: static shapes)
       generator  torch.Generator on the model's device; None draws from the global torch RNG
     An empty `stop_ids` never stops early: every row gets exactly cfg.max_new_tokens tokens.

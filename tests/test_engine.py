@@ -156,6 +156,15 @@ def test_sampling_is_seeded_by_the_global_rng_and_prefill_is_shared_by_the_group
     assert c.completion_ids.shape == a.completion_ids.shape
 
 
+def test_top_k_1_is_greedy():
+    """evaluate.py asks for greedy decoding as top_k=1 sampling."""
+    model = _llama()
+    ids, mask = _left_padded([4, 9], model.config.vocab_size)
+    greedy = static_generate(model, ids, mask, RolloutConfig(max_new_tokens=8), 2, [], PAD, greedy=True)
+    top1 = static_generate(model, ids, mask, RolloutConfig(max_new_tokens=8, top_k=1), 2, [], PAD)
+    assert torch.equal(greedy.completion_ids, top1.completion_ids)
+
+
 def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
     """Pearson chi-square goodness of fit; bins expecting < 5 draws are pooled into one."""
     n = counts.sum()

@@ -56,7 +56,7 @@ def test_cli_bad_jsonl_is_one_line_naming_file_and_line(tmp_path, capsys):
     rows.write_text('{"completion": "<answer>x</answer>"}\n\n{broken\n')
     assert main(["score", "--input", str(rows), "--weights", "format=1"]) == 1
     assert capsys.readouterr().err.splitlines() == [
-        f"error: {rows}:3: not valid JSON (Expecting property name enclosed in double quotes)"]
+        f"error: {rows}:3: invalid JSON: Expecting property name enclosed in double quotes (column 2)"]
 
 
 @pytest.mark.parametrize("args,msg", [

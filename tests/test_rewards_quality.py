@@ -185,7 +185,7 @@ def test_k_larger_than_library(tmp_path, embedder):
 
 
 @pytest.mark.parametrize("line,msg", [
-    ("{not json", "bad.jsonl:2: not valid JSON"),
+    ("{not json", "bad.jsonl:2: invalid JSON"),
     ('{"text": "x", "score": 6}', "bad.jsonl:2: \"score\" must be an integer 0..5"),
     ('{"text": "x", "score": 4.5}', "bad.jsonl:2: \"score\" must be an integer"),
     ('{"text": "x", "score": true}', "bad.jsonl:2: \"score\" must be an integer"),

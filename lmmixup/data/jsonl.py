@@ -32,7 +32,8 @@ def iter_jsonl(path: PathLike) -> Iterator[Tuple[int, Dict[str, Any]]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise LmmixupError(f"{where}: not valid UTF-8 (byte {e.start})") from None
+                raise LmmixupError(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
+                                   f"column {e.start + 1}); re-save the file as UTF-8") from None
             if not text.strip():
                 continue
             try:

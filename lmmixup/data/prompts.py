@@ -10,14 +10,13 @@ Any other fields (seed_id, members, ...) are kept but not required.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import torch
 
+from lmmixup.data.jsonl import iter_jsonl
 from lmmixup.errors import LmmixupError, require
 
 TASKS = ("qa", "mcq", "tfq", "cs", "para")
@@ -95,24 +94,7 @@ def _parse_row(obj: Any, where: str, line: int) -> PromptRow:
 
 def load_rows(path: str) -> List[PromptRow]:
     """Read and validate every line; the first bad line raises an error naming file and line."""
-    if not os.path.isfile(path):
-        raise LmmixupError(f"{path}: no such file")
-    rows = []
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            where = f"{path}:{line_no}"
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise LmmixupError(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
-                                   f"column {e.start + 1}); re-save the file as UTF-8") from None
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise LmmixupError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
-            rows.append(_parse_row(obj, where, line_no))
+    rows = [_parse_row(obj, f"{path}:{line}", line) for line, obj in iter_jsonl(path)]
     if not rows:
         raise LmmixupError(f"{path}: no rows (the file is empty or holds only blank lines)")
     return rows

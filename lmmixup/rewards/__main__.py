@@ -74,33 +74,27 @@ def load_config(args):
 
 def read_rows(path: Path, need_reference: bool):
     """Rows of the input JSONL, each checked; errors name FILE:LINE."""
+    from lmmixup.data.jsonl import iter_jsonl
     from lmmixup.rewards.task_format import check_task
 
     if not path.is_file():
         raise LmmixupError(f"--input: no file at {str(path)!r}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmmixupError(f"{where}: not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict) or not isinstance(row.get("completion"), str):
-                raise LmmixupError(f"{where}: each row needs a string \"completion\"")
-            for key in ("reference", "task", "prompt"):
-                if row.get(key) is not None and not isinstance(row[key], str):
-                    raise LmmixupError(f"{where}: \"{key}\" must be a string or null")
-            if need_reference and not (row.get("reference") or "").strip():
-                raise LmmixupError(f"{where}: no \"reference\", which alignment compares "
-                                   f"against (or leave alignment out with --weights)")
-            try:
-                check_task(row.get("task"))
-            except LmmixupError as e:
-                raise LmmixupError(f"{where}: {e}") from e
-            rows.append((lineno, row))
+    for lineno, row in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(row.get("completion"), str):
+            raise LmmixupError(f"{where}: each row needs a string \"completion\"")
+        for key in ("reference", "task", "prompt"):
+            if row.get(key) is not None and not isinstance(row[key], str):
+                raise LmmixupError(f"{where}: \"{key}\" must be a string or null")
+        if need_reference and not (row.get("reference") or "").strip():
+            raise LmmixupError(f"{where}: no \"reference\", which alignment compares "
+                               f"against (or leave alignment out with --weights)")
+        try:
+            check_task(row.get("task"))
+        except LmmixupError as e:
+            raise LmmixupError(f"{where}: {e}") from e
+        rows.append((lineno, row))
     if not rows:
         raise LmmixupError(f"{path}: no rows to score")
     return rows

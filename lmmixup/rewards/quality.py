@@ -38,6 +38,7 @@ from typing import Iterable, List, Mapping, Sequence, Tuple, Union
 
 import torch
 
+from lmmixup.data.jsonl import iter_jsonl, sha256_file
 from lmmixup.errors import LmmixupError, require
 from lmmixup.rewards.judge import JudgeConfig
 
@@ -103,22 +104,14 @@ def read_library(path: Union[str, Path]) -> Tuple[List[str], torch.Tensor]:
     if not path.is_file():
         raise LmmixupError(f"reward.quality.library: no library file at {str(path)!r}")
     texts, scores = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmmixupError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str) \
-                    or not row["text"].strip():
-                raise LmmixupError(f"{path}:{lineno}: a library row needs a non-empty \"text\"")
-            if not _is_score(row.get("score")):
-                raise LmmixupError(f"{path}:{lineno}: \"score\" must be an integer 0..5, "
-                                   f"got {row.get('score')!r}")
-            texts.append(row["text"])
-            scores.append(row["score"])
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise LmmixupError(f"{path}:{lineno}: a library row needs a non-empty \"text\"")
+        if not _is_score(row.get("score")):
+            raise LmmixupError(f"{path}:{lineno}: \"score\" must be an integer 0..5, "
+                               f"got {row.get('score')!r}")
+        texts.append(row["text"])
+        scores.append(row["score"])
     if not texts:
         raise LmmixupError(f"{path}: the rated library is empty")
     return texts, torch.tensor(scores, dtype=torch.long)
@@ -142,20 +135,12 @@ def write_library(path: Union[str, Path], rows: Iterable[Union[Tuple[str, int], 
     return path
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def library_cache_path(library: Path, embedder_key: str) -> Path:
     """Where the embeddings of `library` under `embedder_key` are cached."""
     from lmmixup.models import cache_dir
 
     emb = hashlib.sha256(embedder_key.encode()).hexdigest()[:12]
-    return cache_dir() / "quality_library" / f"{_file_sha256(library)[:24]}-{emb}.pt"
+    return cache_dir() / "quality_library" / f"{sha256_file(library)[:24]}-{emb}.pt"
 
 
 def _atomic_torch_save(obj, final: Path) -> None:
