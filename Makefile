@@ -8,7 +8,7 @@ install: .venv/.installed
 	bash scripts/install.sh
 
 train: install
-	$(PY) train.py
+	$(PY) -m lmmixup.pipeline
 
 smoke: install
 	$(PY) train.py experiment=smoke

@@ -34,13 +34,13 @@ class PipelineConfig:
     """MIXTURE folder; built with lmmixup.data.build_mixture if it has no manifest.json"""
     model: str = "embedded:smollm2-135m-instruct"
     """the base model: embedded:..., tiny, a hub id or a local folder"""
-    sft_steps: int = 40
+    sft_steps: int = 20
     """SFT optimizer steps"""
     sft_examples_per_step: int = 8
     """SFT examples per optimizer step"""
     sft_lr: float = 5e-5
     """SFT peak learning rate (5% warm-up)"""
-    grpo_steps: int = 8
+    grpo_steps: int = 4
     """GRPO steps (one rollout batch each)"""
     grpo_prompts_per_step: int = 4
     """GRPO prompts per step (x algo.group_size completions)"""
@@ -48,7 +48,7 @@ class PipelineConfig:
     """GRPO learning rate"""
     max_new_tokens: int = 128
     """completion budget for GRPO rollouts and for evaluation"""
-    eval_rows: int = 32
+    eval_rows: int = 16
     """held-out rows scored for every model"""
     logger: str = "wandb"
     """wandb (offline) | none"""
