@@ -74,7 +74,7 @@ class _HeadLogprobs(torch.autograd.Function):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_w = None  # the first chunk's product initialises it (no (V, H) zero fill)
         grad_b = torch.zeros_like(bias) if need_b else None
         m, tau = hidden.shape[0], ctx.temperature
         for s in range(0, m, ctx.chunk_size):
@@ -89,7 +89,10 @@ class _HeadLogprobs(torch.autograd.Function):
             if need_h:
                 grad_h[s:e] = dz @ weight  # (C, H)
             if need_w:
-                grad_w.addmm_(dz.t(), hidden[s:e])  # (V, H)
+                if grad_w is None:
+                    grad_w = dz.t() @ hidden[s:e]  # (V, H)
+                else:
+                    grad_w.addmm_(dz.t(), hidden[s:e])
             if need_b:
                 grad_b += dz.sum(dim=0)
         return grad_h, grad_w, grad_b, None, None, None, None
