@@ -33,12 +33,13 @@ def evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir: Path,
     greedy = dataclasses.replace(cfg.rollout, temperature=1.0, top_k=1, top_p=1.0)
     # Group normalisation is meaningless for one completion per prompt: mix the raw scores.
     reward_cfg = dataclasses.replace(cfg.reward, normalize_per_group=False)
-    totals, components, samples = [], {}, []
+    totals, components, samples, truncated = [], {}, [], []
     for start in range(0, len(rows), batch_rows):
         chunk = rows[start : start + batch_rows]
         rollout = sample(model, tokenizer, chunk, greedy, 1, stop_ids, cfg.data.max_prompt_tokens,
                          cfg.data.eval_file, device)
         texts = reward_batch(tokenizer, rollout, chunk, 1)
+        truncated += [bool(x) for x in rollout.truncated.tolist()]
         result = compute_rewards(reward_fns, reward_cfg, texts, 1)
         totals.append(result.total)
         for name, values in result.components.items():
@@ -46,9 +47,12 @@ def evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir: Path,
         for i, row in enumerate(chunk):
             samples.append({"line": row.line, "completion": texts.completions[i],
                             "reference": row.reference, "task": row.task,
-                            "total": float(result.total[i]),
+                            "total": float(result.total[i]), "truncated": truncated[start + i],
                             **{k: float(v[i]) for k, v in result.components.items()}})
-    summary = {"eval/total_mean": float(torch.cat(totals).mean()), "eval/rows": len(rows)}
+    # truncated = hit rollout.max_new_tokens before the stop token: such a completion rarely
+    # closes its <answer>, so every reward is ~0; this fraction says how much the budget costs.
+    summary = {"eval/total_mean": float(torch.cat(totals).mean()), "eval/rows": len(rows),
+               "eval/frac_truncated": sum(truncated) / max(len(truncated), 1)}
     for name, parts in components.items():
         summary[f"eval/{name}_mean"] = float(torch.cat(parts).mean())
     _write_atomic(run_dir / f"eval_step_{step}.json", json.dumps({"step": step, **summary}, indent=2))
