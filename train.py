@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmmixup.cli import precheck_overrides, report_errors
 from lmmixup.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
 from lmmixup.config import TrainConfig, register_configs, to_train_config
+from lmmixup.data.jsonl import atomic_write_text
 from lmmixup.data.prompts import PromptSampler, check_prompt_lengths, load_rows
 from lmmixup.errors import LmmixupError
 from lmmixup.evaluate import evaluate
@@ -70,12 +71,6 @@ def seed_step(seed: int, step: int) -> None:
     torch.manual_seed(s)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run(dcfg: DictConfig, run_dir: Path) -> None:
     # Every check runs before anything is written, so a failed start (bad data, a checkpoint
     # that does not fit) leaves an earlier run's config.yaml, metrics and checkpoints as they were.
@@ -100,7 +95,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     reward_fns = build_rewards(cfg.reward)
 
     if cfg.stage == "eval":
-        write_atomic(run_dir / "config.yaml", config_yaml)
+        atomic_write_text(run_dir / "config.yaml", config_yaml)
         evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step=0)
         return
     if cfg.stage == "sft":
@@ -125,7 +120,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         print(f"resumed from {checkpoint} at step {start_step}", file=sys.stderr)
     log = MetricsLog(cfg.logger, run_dir, config_dict,
                      resume_step=start_step if cfg.resume else None)
-    write_atomic(run_dir / "config.yaml", config_yaml)  # only now that every check has passed
+    atomic_write_text(run_dir / "config.yaml", config_yaml)  # only now that every check has passed
     stop = StopRequest()
 
     def save(step: int) -> None:
@@ -262,7 +257,7 @@ def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, devi
         sampler.load_state_dict(state.sampler)
     log = MetricsLog(cfg.logger, run_dir, config_dict,
                      resume_step=start_step if cfg.resume else None)
-    write_atomic(run_dir / "config.yaml", config_yaml)  # only now that every check has passed
+    atomic_write_text(run_dir / "config.yaml", config_yaml)  # only now that every check has passed
     stop = StopRequest()
     params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps,

@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
 
+from lmmixup.data.jsonl import atomic_write_text
 from lmmixup.data.prompts import load_rows
 from lmmixup.rewards.registry import compute_rewards
 from lmmixup.step import reward_batch, sample
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -55,8 +49,8 @@ def evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir: Path,
                "eval/frac_truncated": sum(truncated) / max(len(truncated), 1)}
     for name, parts in components.items():
         summary[f"eval/{name}_mean"] = float(torch.cat(parts).mean())
-    _write_atomic(run_dir / f"eval_step_{step}.json", json.dumps({"step": step, **summary}, indent=2))
-    _write_atomic(run_dir / f"eval_samples_step_{step}.jsonl",
+    atomic_write_text(run_dir / f"eval_step_{step}.json", json.dumps({"step": step, **summary}, indent=2))
+    atomic_write_text(run_dir / f"eval_samples_step_{step}.jsonl",
                   "".join(json.dumps(s) + "\n" for s in samples))
     if log is not None:
         log.wandb.log(summary, step=step)

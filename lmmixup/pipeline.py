@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from lmmixup.cli import parse_key_values, report_errors
+from lmmixup.data.jsonl import atomic_write_text
 from lmmixup.errors import LmmixupError, require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,10 +132,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             f"optim.lr={cfg.grpo_lr}", "micro_batch_size=8"])
     table = build_table(out)
     text = format_table(table, cfg.eval_rows)
-    for name, content in (("table.md", text), ("table.json", json.dumps(table, indent=2))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(content)
-        tmp.replace(out / name)
+    atomic_write_text(out / "table.md", text)
+    atomic_write_text(out / "table.json", json.dumps(table, indent=2))
     print("\n" + text + f"\n(pipeline wall time {time.time() - t0:.0f} s; table in {out / 'table.md'})")
 
 
