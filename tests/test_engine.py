@@ -128,11 +128,15 @@ def test_loop_ends_when_every_row_has_stopped():
     assert not out.truncated.any()
 
 
+@pytest.mark.parametrize("filtered", [True, False], ids=["top_k_top_p", "unfiltered"])
 @pytest.mark.parametrize("make", [_llama, _qwen2])
-def test_recorded_logprobs_equal_a_fresh_forward(make):
+def test_recorded_logprobs_equal_a_fresh_forward(make, filtered):
+    # the unfiltered path takes log Z from the sampler's own CDF, the filtered one from a
+    # separate logsumexp: both must give log_softmax(logits / tau) of the full distribution
     model = make()
     ids, mask = _left_padded([2, 11, 30], model.config.vocab_size, seed=2)
-    cfg = RolloutConfig(max_new_tokens=16, temperature=0.7, top_k=50, top_p=0.9)
+    cfg = (RolloutConfig(max_new_tokens=16, temperature=0.7, top_k=50, top_p=0.9) if filtered
+           else RolloutConfig(max_new_tokens=16, temperature=0.7))
     torch.manual_seed(0)
     out = static_generate(model, ids, mask, cfg, 3, [5, 7], PAD)  # a few rows may stop early
     fresh = _fresh_logprobs(model, out, cfg.temperature)  # (N, T)
