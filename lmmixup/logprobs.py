@@ -54,7 +54,7 @@ def _forward_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     return F.linear(x, weight, bias)
 
 
-class _Linear(torch.autograd.Function):
+class _OneDnnForwardLinear(torch.autograd.Function):
     """y = x W^T + b with the forward in `_forward_gemm`; x (M, in), W (out, in), b (out,)."""
 
     @staticmethod
@@ -79,7 +79,7 @@ def linear(x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
     if type(module) is not torch.nn.Linear or not _onednn_ok(x, module.weight):
         return module(x)
     if torch.is_grad_enabled():
-        return _Linear.apply(x, module.weight, module.bias)
+        return _OneDnnForwardLinear.apply(x, module.weight, module.bias)
     return _forward_gemm(x, module.weight, module.bias)
 
 
