@@ -111,6 +111,13 @@ def register_configs() -> None:
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
     """Typed, validated config; every problem is a one-line ConfigError naming the key."""
+    return to_typed_config(cfg)
+
+
+def to_typed_config(cfg: DictConfig):
+    """Any Hydra-composed config whose schema was registered with the ConfigStore (train.py,
+    distill.py, ...) as its dataclass, with every nested validate() run: one front-end for every
+    command, each problem a one-line ConfigError naming the key."""
     try:
         typed = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:

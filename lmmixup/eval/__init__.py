@@ -1,0 +1,1 @@
+"""Evaluation helpers shared by every command that reports a number: confidence intervals."""
