@@ -45,6 +45,7 @@ def reward_batch(tokenizer, rollout: Rollout, rows: List[PromptRow], group_size:
         references=[r.reference for r in owners],
         tasks=[r.task for r in owners],
         completion_tokens=[int(x) for x in rollout.completion_lengths.tolist()],
+        truncated=[bool(x) for x in rollout.truncated.tolist()],
     )
 
 

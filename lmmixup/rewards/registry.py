@@ -33,6 +33,7 @@ class RewardBatch:
     references: List[Optional[str]]  # N reference outputs (the high-quality pair), or None
     tasks: List[Optional[str]]  # N task types: qa | mcq | tfq | cs | para, or None
     completion_tokens: List[int]  # N completion lengths in tokens (EOS included)
+    truncated: Optional[List[bool]] = None  # N: no stop token within the budget; None = unknown
 
     def __len__(self) -> int:
         return len(self.completions)
@@ -45,6 +46,7 @@ class RewardBatch:
             references=[self.references[i] for i in indices],
             tasks=[self.tasks[i] for i in indices],
             completion_tokens=[self.completion_tokens[i] for i in indices],
+            truncated=None if self.truncated is None else [self.truncated[i] for i in indices],
         )
 
 
