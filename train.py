@@ -95,8 +95,11 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     reward_fns = build_rewards(cfg.reward)
 
     if cfg.stage == "eval":
+        # an eval run has one line, at step 0; a re-run (resume) replaces it (-1 keeps none)
+        log = MetricsLog(cfg.logger, run_dir, config_dict, resume_step=-1 if cfg.resume else None)
         atomic_write_text(run_dir / "config.yaml", config_yaml)
-        evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step=0)
+        evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step=0, log=log)
+        log.finish()
         return
     if cfg.stage == "sft":
         run_sft(cfg, rows, model, tokenizer, stop_ids, reward_fns, device, run_dir, config_dict,
