@@ -7,7 +7,8 @@ Writes, atomically:
                                           "baselines": {name: {component: score, total}}
   <run dir>/eval_step_<s>.json            eval/<metric>_mean with eval/<metric>_ci_low/_ci_high
                                           (95% percentile bootstrap over rows), the same for
-                                          each baseline under eval/baseline/<name>/..., rows
+                                          each baseline under eval/baseline/<name>/..., rows,
+                                          time/eval_s and time/eval_baselines_s
 and logs the summary to metrics.jsonl (and W&B) at step s. The per-row file is what paired
 comparisons (lmmixup/eval/table.py) are built from. Baselines are scored only when every row
 carries its cluster's members (MIXTURE rows do; the starter prompts do not).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -70,6 +72,7 @@ def evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir: Path,
     # Group normalisation is meaningless for one completion per prompt: mix the raw scores.
     reward_cfg = dataclasses.replace(cfg.reward, normalize_per_group=False)
     samples = []
+    t0 = time.perf_counter()
     for start in range(0, len(rows), batch_rows):
         chunk = rows[start : start + batch_rows]
         rollout = sample(model, tokenizer, chunk, greedy, 1, stop_ids, cfg.data.max_prompt_tokens,
@@ -90,11 +93,14 @@ def evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir: Path,
     summary = {"eval/rows": len(rows),
                **interval_metrics("eval/", [{k: s[k] for k in metric_keys} for s in samples])}
     summary["eval/frac_truncated"] = summary["eval/truncated_mean"]  # the name earlier runs used
+    summary["time/eval_s"] = time.perf_counter() - t0
     if all(has_members(r) for r in rows):
+        t0 = time.perf_counter()
         for name, per_row in score_baselines(rows, reward_fns, reward_cfg, batch_rows).items():
             for s, scores in zip(samples, per_row):
                 s.setdefault("baselines", {})[name] = scores
             summary.update(interval_metrics(f"eval/baseline/{name}/", per_row))
+        summary["time/eval_baselines_s"] = time.perf_counter() - t0
     atomic_write_text(run_dir / f"eval_samples_step_{step}.jsonl",
                       "".join(json.dumps(s) + "\n" for s in samples))
     atomic_write_text(run_dir / f"eval_step_{step}.json", json.dumps({"step": step, **summary}, indent=2))

