@@ -101,3 +101,18 @@ def test_wrong_type_is_one_line_naming_the_key(tmp_path):
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: eval_rows: "), lines
+
+
+def test_sft_model_turns_the_sft_stage_into_an_eval_of_that_model(tmp_path):
+    from lmmixup.pipeline import load_config, stage_overrides
+
+    cfg = load_config([f"sft_model={tmp_path}", "eval_base=false", "grpo_steps=3",
+                       "overrides=['reward.quality.mode=expected']",
+                       "grpo_overrides=['algo.beta=0.02']"])
+    stages = stage_overrides(cfg)
+    assert list(stages) == ["sft", "grpo"]
+    assert "stage=eval" in stages["sft"] and f"model.name_or_path={tmp_path.resolve()}" in stages["sft"]
+    assert f"model.name_or_path={tmp_path.resolve()}" in stages["grpo"] and "steps=3" in stages["grpo"]
+    # shared overrides reach every stage (same rewards for every model), GRPO's only GRPO
+    assert all("reward.quality.mode=expected" in s for s in stages.values())
+    assert stages["grpo"][-1] == "algo.beta=0.02" and "algo.beta=0.02" not in stages["sft"]
