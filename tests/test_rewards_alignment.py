@@ -103,13 +103,13 @@ def test_paper_yaml_needs_a_library():
 
 def test_paper_mix_end_to_end_with_one_encode_call(tmp_path):
     cfg = paper_cfg(tmp_path)
-    assert cfg.weights == {"alignment": 0.4, "quality": 0.5, "format": 0.1}
+    assert cfg.weights == {"alignment": 0.4, "quality": 0.5, "format": 0.1, "no_answer": 0.2}
     fns = build_rewards(cfg)
     good = "A careful cook improves the taste of a simple meal when it is planned with care."
     b = batch([wrap(f"Q: how to cook well? A: {good}"),  # Q=1, A=1, F=1 -> 0.5+0.4+0.1 = 1.0
                wrap("zkqv bdfh xwrt plmq"),  # gibberish: Q=0, A=0, F=0.5+0 (qa shape fails)
                f"<answer>{good}</answer>",  # para, no think: Q=1, A=1, F=0.5 -> 0.95
-               "I forgot the tags."],  # nothing: 0
+               "I forgot the tags."],  # nothing: 0, and the no-answer penalty -1 -> -0.2
               [f"Q: how to cook well? A: {good}", good, good, good],
               ["qa", "qa", "para", "para"])
     emb = get_embedder(cfg.embedder)
@@ -120,8 +120,9 @@ def test_paper_mix_end_to_end_with_one_encode_call(tmp_path):
     assert result.components["quality"].tolist() == [1.0, 0.0, 1.0, 0.0]
     assert result.components["alignment"].tolist() == [1.0, 0.0, 1.0, 0.0]
     assert result.components["format"].tolist() == [1.0, 0.5, 0.5, 0.0]
-    # total = 0.5 Q + 0.4 A + 0.1 F
-    assert result.total.tolist() == pytest.approx([1.0, 0.05, 0.95, 0.0], abs=1e-6)
+    assert result.components["no_answer"].tolist() == [0.0, 0.0, 0.0, -1.0]
+    # total = 0.5 Q + 0.4 A + 0.1 F + 0.2 P
+    assert result.total.tolist() == pytest.approx([1.0, 0.05, 0.95, -0.2], abs=1e-6)
     # extra metrics: Q=1 in 2/4, A=1 in 2/4, F=1 in 1/4
     assert reward_extra_metrics(result.components) == {
         "reward/frac_quality_1": 0.5, "reward/frac_alignment_1": 0.5,

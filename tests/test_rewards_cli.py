@@ -34,21 +34,23 @@ def test_cli_scores_a_file(tmp_path):
         # gibberish answer: Q=0 A=0, F = 0.5 layout + 0.5 para shape = 1 -> total 0.1
         {"completion": "<think>t</think><answer>zkqv bdfh xwrt plmq</answer>",
          "reference": GOOD, "task": "para"},
-        # no answer block: all 0
+        # no answer block: all 0, and the no-answer penalty -1 (weight 0.2) -> total -0.2
         {"completion": "no tags at all", "reference": GOOD, "task": None},
     ])
     out = run_cli(["--input", str(rows), "--library", str(lib), "quality.k=8"], tmp_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     row1 = [line for line in lines if line.startswith(f"{rows}:1 ")]
-    assert row1 == [f"{rows}:1  alignment=1.000 quality=1.000 format=1.000  total=1.000"]
+    assert row1 == [f"{rows}:1  alignment=1.000 quality=1.000 format=1.000 no_answer=0.000  "
+                    "total=1.000"]
     summary = json.loads(lines[-1])
-    # means over 3 rows: Q (1+0+0)/3, A (1+0+0)/3, F (1+1+0)/3, total (1+0.1+0)/3
+    # means over 3 rows: Q (1+0+0)/3, A (1+0+0)/3, F (1+1+0)/3, total (1+0.1-0.2)/3
     assert summary["rows"] == 3
     assert summary["quality_mean"] == pytest.approx(1 / 3, abs=1e-5)
     assert summary["alignment_mean"] == pytest.approx(1 / 3, abs=1e-5)
     assert summary["format_mean"] == pytest.approx(2 / 3, abs=1e-5)
-    assert summary["total_mean"] == pytest.approx(1.1 / 3, abs=1e-5)
+    assert summary["no_answer_mean"] == pytest.approx(-1 / 3, abs=1e-5)
+    assert summary["total_mean"] == pytest.approx(0.9 / 3, abs=1e-5)
 
 
 def test_cli_bad_jsonl_is_one_line_naming_file_and_line(tmp_path, capsys):
