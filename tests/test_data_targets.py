@@ -86,13 +86,13 @@ def test_visible_notes_by_hand():
                ("Wht is the capitl of France", "Paris"),
                ("WHAT IS THE CAPITAL OF FRANCE?", "Lyon")]
     # 1: nothing visible. 2: 'capitl' is no English word and 1 edit from member 1's 'capital'
-    #    ('wht' has < 4 letters); no end mark while the others have one.
+    #    ('wht' has < 4 letters); its missing end mark is not claimed.
     # 3: 2 of 3 members answer Paris (a strict majority), it says Lyon; all capitals.
     # Content shared with the other members: 1 {capital, france, paris} = 3, 2 {france, paris}
     # = 2, 3 {capital, france} = 2 -> pair 1. The majority answer is the target's: quoted.
     assert visible_notes(members, "Paris") == (
         "Pair 1: no surface defect found.\n"
-        "Pair 2: misspells 'capitl', lacks end punctuation.\n"
+        "Pair 2: misspells 'capitl'.\n"
         "Pair 3: its answer differs from most pairs, is in capitals.\n"
         "Pair 1 keeps the most content. Most pairs answer: Paris.")
     # the majority answer is not quoted when the target says otherwise

@@ -60,6 +60,8 @@ def claim_checkable(index: int, text: str, members: Sequence[Pair]) -> bool:
         return not found
     if body in found or all(part in found for part in body.split(", ")):
         return True  # the grounded notes: each finding is one detector's phrase
+    if body == "is about a different question, so I leave it out":
+        return DETECTORS["different_question"](i, members) is not None
     for phrase in re.split(r", | and ", body):  # the old notes: "<phrase>, <phrase> and <phrase>"
         detector = OLD_PHRASES.get(phrase)
         if detector is None or DETECTORS[detector](i, members) is None:
