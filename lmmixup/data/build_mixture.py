@@ -13,10 +13,19 @@ Pipeline (PAPER.md "How it was built", with real seed pairs in place of GPT-writ
   3. clusters  per seed: degrade.variants_min..max rated variants (default 2-8; the paper 2-20;
                degrade.py), one cluster of 2-5 of them, sometimes with a variant of the nearest
                seed of the same task *in the same split*, and the training row (cluster.py); in
-               shards. A seed whose cluster text stays over cluster.max_member_chars is dropped
-  4. assemble  sft.jsonl, grpo_train.jsonl, grpo_test.jsonl, rated.jsonl, manifest.json
+               shards. A seed whose cluster text stays over cluster.max_member_chars is dropped.
+               With cluster.recoverable (default) a cluster whose members miss some content
+               word of the target (content.py) is repaired from the seed's spare variants, plus
+               one content-keeping "keeper" variant if none has the word; else it is dropped
+  4. assemble  sft.jsonl, grpo_train.jsonl, grpo_test.jsonl, rated.jsonl, manifest.json; the
+               manifest counts rows per task ("tasks") and how many drawn clusters were
+               unrecoverable, repaired, dropped or kept so ("recoverability")
 rated.jsonl holds the seeds (score 5) and all their variants (0-4) of the sft and grpo_train
 splits only, so a quality reward's kNN library never contains the test references.
+
+Configured like train.py: conf/build_mixture.yaml composed by Hydra over MixtureConfig, so a
+typo or a wrong type is one `error: <key>: <reason>` line and exit code 2. Values with commas
+(`sources=a,b`) are plain strings, not sweeps.
 
 Resumable: stages write into OUT/.work/ (seeds.jsonl, emb_NNNNN.npy, shard_NNNNN.jsonl), each
 file atomically. Every random draw comes from an RNG keyed by (seed, purpose, seed_id), so a

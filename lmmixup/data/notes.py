@@ -15,7 +15,8 @@ that a reader can re-check on the prompt text alone:
                         member's, while two other members share >= 1/2 with each other
     answer_differs      a strict majority of the members give one answer, and this one differs
     cut_off             the question or the answer ends in '...'
-    missing_words       its question's content words are a strict subset of another member's
+    missing_words       its question's content words (filler words left out) are a strict
+                        subset of another member's
     misspelled          a word (>= 4 letters) that is not an English word (not a whole word of
                         the packaged MiniLM's 30K-word vocabulary), found in no other member, but
                         within edit distance 1 (2 for >= 7 letters) of a word of another member
@@ -57,7 +58,9 @@ def _overlap(a: set, b: set) -> float:
 
 
 def _question_stems(members: Sequence[Pair]) -> List[set]:
-    return [content_stems(q) for q, _ in members]
+    """Content stems of each question, filler words left out (a lead-in such as "Quick
+    question:" is not content another member lacks)."""
+    return [content_stems(q) - _FILLER_STEMS for q, _ in members]
 
 
 def is_different_question(i: int, members: Sequence[Pair]) -> bool:
@@ -144,6 +147,7 @@ def _filler(i: int, members: Sequence[Pair]) -> Optional[str]:
 
 
 _FILLER_TOKENS = tuple(" ".join(tokens(f)) for f in FILLERS)
+_FILLER_STEMS = frozenset(s for f in FILLERS for s in content_stems(f))
 _RANDOM_CASE = re.compile(r"\b[a-z]+[A-Z]|\b[A-Z]{2,}[a-z]")
 
 
@@ -181,7 +185,7 @@ def findings(i: int, members: Sequence[Pair]) -> List[str]:
 def most_content(members: Sequence[Pair]) -> int:
     """Index of the member whose content words are most often shared by the other on-topic
     members (its own filler or typos do not count); the lowest index on ties."""
-    stems = [content_stems(f"{q} {a}") for q, a in members]
+    stems = [content_stems(f"{q} {a}") - _FILLER_STEMS for q, a in members]
     on_topic = [j for j in range(len(members)) if not is_different_question(j, members)]
     def shared(i: int) -> int:
         rest = set().union(*(stems[j] for j in on_topic if j != i))
