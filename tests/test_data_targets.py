@@ -2,7 +2,6 @@
 targets whose content some member keeps, every task with a share, and the Hydra front-end."""
 
 import importlib.util
-import json
 import random
 import re
 import subprocess
