@@ -98,6 +98,17 @@ def test_visible_notes_by_hand():
     assert visible_notes(members, "Marseille").endswith("Pair 1 keeps the most content.")
 
 
+def test_answers_agree_up_to_filler_and_a_typo():
+    from lmmixup.data.notes import answers_agree
+
+    assert answers_agree("raadioactive", "radioactive")  # 1 edit, 11 letters (limit 2)
+    assert answers_agree("radioactive (not 100% sure though)", "Radioactive")  # a filler tail
+    assert answers_agree("A So yeah, to repeat: A", "A")  # the repeat filler
+    assert not answers_agree("C", "D") and not answers_agree("True", "False")
+    assert not answers_agree("1912", "1913")  # numbers: no typo tolerance
+    assert not answers_agree("Lyon", "Paris")
+
+
 # ----------------------------------------------------------------------------- a built MIXTURE
 
 def _cfg(out, **overrides):

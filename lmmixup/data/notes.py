@@ -13,7 +13,8 @@ that a reader can re-check on the prompt text alone:
 
     different_question  the question shares < 1/3 of its content words with every other
                         member's, while two other members share >= 1/2 with each other
-    answer_differs      a strict majority of the members give one answer, and this one differs
+    answer_differs      a strict majority of the members give one answer (up to filler and a
+                        typo), and this one differs
     cut_off             the question or the answer ends in '...'
     missing_words       its question's content words (filler words left out) are a strict
                         subset of another member's
@@ -35,7 +36,6 @@ a note the model cannot check is a note it learns to invent.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from functools import lru_cache
 from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
@@ -72,14 +72,33 @@ def is_different_question(i: int, members: Sequence[Pair]) -> bool:
 
 
 def _norm_answer(a: str) -> str:
-    return " ".join(tokens(a))
+    """Case-folded tokens, filler phrases ("(not 100% sure though)", "So yeah, to repeat: ...")
+    and a trailing repeat cut off, so a hedged answer still agrees with the plain one."""
+    text = f" {' '.join(tokens(a))} "
+    for phrase in _FILLER_TOKENS:
+        text = text.split(f" {phrase} ")[0] + " " if f" {phrase} " in text else text
+    return text.strip()
 
 
-def majority_answer(members: Sequence[Pair]) -> Optional[str]:
-    """The normalised answer given by more than half of the members, if any."""
-    counts = Counter(_norm_answer(a) for _, a in members)
-    answer, n = counts.most_common(1)[0]
-    return answer if answer and 2 * n > len(members) else None
+def answers_agree(a: str, b: str) -> bool:
+    """Equal normalised answers, or, for words only, one typo apart (edit distance 1, 2 from 7
+    characters on), so 'raadioactive' still gives the answer 'radioactive'."""
+    x, y = _norm_answer(a), _norm_answer(b)
+    if x == y:
+        return True
+    if not (x + y).replace(" ", "").isalpha():  # 1912 and 1913 are different answers
+        return False
+    limit = 2 if min(len(x), len(y)) >= 7 else 1
+    return min(len(x), len(y)) >= 4 and edit_distance(x, y, limit) <= limit
+
+
+def majority_answer(members: Sequence[Pair]) -> Optional[int]:
+    """Index of the first member whose answer more than half of the members agree with
+    (itself included), if any."""
+    for i, (_, a) in enumerate(members):
+        if _norm_answer(a) and 2 * sum(answers_agree(a, b) for _, b in members) > len(members):
+            return i
+    return None
 
 
 def _different_question(i: int, members: Sequence[Pair]) -> Optional[str]:
@@ -89,7 +108,7 @@ def _different_question(i: int, members: Sequence[Pair]) -> Optional[str]:
 def _answer_differs(i: int, members: Sequence[Pair]) -> Optional[str]:
     major = majority_answer(members)
     return ("its answer differs from most pairs"
-            if major is not None and _norm_answer(members[i][1]) != major else None)
+            if major is not None and not answers_agree(members[i][1], members[major][1]) else None)
 
 
 def _cut_off(i: int, members: Sequence[Pair]) -> Optional[str]:
@@ -205,7 +224,8 @@ def visible_notes(members: Sequence[Pair], answer: str) -> str:
     lines = [member_line(i, members) for i in range(len(members))]
     close = f"Pair {most_content(members) + 1} keeps the most content."
     major = majority_answer(members)
-    if major is not None and major == _norm_answer(answer) and len(answer) <= MAX_ANSWER_CHARS:
+    if (major is not None and answers_agree(members[major][1], answer)
+            and len(answer) <= MAX_ANSWER_CHARS):
         close += f" Most pairs answer: {answer.strip()}."
     return "\n".join(lines + [close])
 
