@@ -165,7 +165,8 @@ def _filler(i: int, members: Sequence[Pair]) -> Optional[str]:
     return "has filler" if any(f" {phrase} " in f" {text} " for phrase in _FILLER_TOKENS) else None
 
 
-_FILLER_TOKENS = tuple(" ".join(tokens(f)) for f in FILLERS)
+# Phrases of two or more words only: "Question - " alone would make every "question" filler.
+_FILLER_TOKENS = tuple(t for t in (" ".join(tokens(f)) for f in FILLERS) if " " in t)
 _FILLER_STEMS = frozenset(s for f in FILLERS for s in content_stems(f))
 _RANDOM_CASE = re.compile(r"\b[a-z]+[A-Z]|\b[A-Z]{2,}[a-z]")
 
