@@ -62,12 +62,16 @@ def test_rows_have_the_documented_fields_and_layout(built):
         assert set(row) == {"prompt", "reference", "target", "task", "source", "seed_id", "members"}
         system, user = row["prompt"]
         assert system == {"role": "system", "content": SYSTEM_PROMPT}
-        assert user["role"] == "user" and user["content"].startswith("Merge the following related")
-        for m in row["members"]:  # every member is listed as Q: / A:
-            assert f"Q: {m['question']}\nA: {m['answer']}" in user["content"]
+        k = len(row["members"])
+        assert user["role"] == "user"
+        assert user["content"].startswith(f"Merge the following {k} related")
+        for i, m in enumerate(row["members"], start=1):  # member i is listed as Pair i: Q: / A:
+            assert f"Pair {i}:\nQ: {m['question']}\nA: {m['answer']}" in user["content"]
         think, answer = TARGET.match(row["target"]).groups()
         assert answer == row["reference"]  # SFT target and alignment reference agree
-        assert think.startswith("Pair 1 ")  # notes on each member, from its operators
+        lines = think.splitlines()  # one note per member, then the closing line
+        assert [line.split(":")[0] for line in lines[:k]] == [f"Pair {i}" for i in range(1, k + 1)]
+        assert len(lines) == k + 1 and "keeps the most content" in lines[k]
 
 
 def test_clusters_respect_size_bounds(built):
@@ -96,9 +100,10 @@ def test_rated_rows(built):
         if r["score"] == 5:
             assert r["text"] == train_refs[r["seed_id"]]
     assert sum(r["score"] == 5 for r in rated) == len(train_refs)  # one original per seed
-    # each seed has 2..8 variants (degrade.variants_min/max defaults)
+    # each seed has 2..8 variants (degrade.variants_min/max defaults), plus at most one keeper
+    # variant when none of them kept every content word of the seed
     per_seed = Counter(r["seed_id"] for r in rated if r["score"] < 5)
-    assert all(2 <= n <= 8 for n in per_seed.values())
+    assert all(2 <= n <= 9 for n in per_seed.values())
 
 
 def test_manifest_counts_match_the_files(built):
@@ -168,16 +173,19 @@ def test_mixing_adds_a_neighbour_of_the_same_task_and_split(tmp_path):
     out = tmp_path / "mix"
     build_mixture(small_cfg(out, **{"cluster.mix_prob": 1.0, "cluster.mix_min_similarity": 0.0}))
     seeds = {r["seed_id"]: r for r in read_jsonl(out / ".work" / "seeds.jsonl")}
-    mixed = 0
+    mixed, flagged = 0, 0
     for split in ("sft", "grpo_train", "grpo_test"):
         for row in rows_of(out, f"{split}.jsonl"):
-            for m in row["members"]:
+            for i, m in enumerate(row["members"], start=1):
                 if m["seed_id"] != row["seed_id"]:
                     mixed += 1
                     assert seeds[m["seed_id"]]["split"] == split
                     assert seeds[m["seed_id"]]["task"] == row["task"]
-                    assert "is about a different question" in row["target"]
+                    flagged += f"Pair {i}: about a different question" in row["target"]
     assert mixed > 100  # 120 clusters, mix_prob 1: all but seeds alone in their (split, task)
+    # the notes flag a foreign member only when its text shows it (notes.py), so not always;
+    # but often: a nearest neighbour under the hash embedder rarely shares the question
+    assert flagged > mixed // 3
 
 
 @pytest.mark.parametrize("args, message", [
@@ -280,26 +288,19 @@ def test_hub_release_mapping(tmp_path):
 
 
 
-def test_merge_notes_and_reasoning_modes():
+def test_reasoning_modes():
     from lmmixup.data.cluster import cluster_reasoning
+    from lmmixup.data.notes import visible_notes
     from lmmixup.data.schema import Seed
 
     seed = Seed("s:1", "s", "qa", "What is the capital of France?", "Paris", reasoning="France is in Europe.")
     members = [Variant("s:1", "qa", "Wht is the capital of France?", "Paris", ("typos",), 1.0, 3),
-               Variant("s:2", "qa", "What is the capital of Spain?", "Madrid", ("reword",), 0.5, 4),
-               Variant("s:1", "qa", "What is the capital of France?", "Lyon",
-                       ("wrong_answer", "casing_punct"), 4.0, 0)]
-    notes = ("Pair 1 has typos.\n"
-             "Pair 2 is about a different question, so I leave it out.\n"
-             "Pair 3 gives a wrong answer and has broken casing or punctuation.\n"
-             "The other pairs ask the same question. I restore its full, correct wording and "
-             "keep the correct answer: Paris.")
+               Variant("s:1", "qa", "What is the capital of France?", "Lyon", ("wrong_answer",), 3.5, 0)]
+    notes = visible_notes([(m.question, m.answer) for m in members], "Paris")
     assert cluster_reasoning(seed, members, "notes") == notes
     assert cluster_reasoning(seed, members, "notes+evidence") == notes + "\nBackground: France is in Europe."
     assert cluster_reasoning(seed, members, "evidence") == "Background: France is in Europe."
     assert cluster_reasoning(seed, members, "none") == ""
-    assert cluster_reasoning(seed, members[:1], "notes").endswith(
-        "All pairs ask the same question. I restore its full, correct wording and keep the correct answer: Paris.")
 
 
 def test_teacher_paraphrases_flow_into_the_build(tmp_path, monkeypatch):

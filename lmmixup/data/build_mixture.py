@@ -13,10 +13,19 @@ Pipeline (PAPER.md "How it was built", with real seed pairs in place of GPT-writ
   3. clusters  per seed: degrade.variants_min..max rated variants (default 2-8; the paper 2-20;
                degrade.py), one cluster of 2-5 of them, sometimes with a variant of the nearest
                seed of the same task *in the same split*, and the training row (cluster.py); in
-               shards. A seed whose cluster text stays over cluster.max_member_chars is dropped
-  4. assemble  sft.jsonl, grpo_train.jsonl, grpo_test.jsonl, rated.jsonl, manifest.json
+               shards. A seed whose cluster text stays over cluster.max_member_chars is dropped.
+               With cluster.recoverable (default) a cluster whose members miss some content
+               word of the target (content.py) is repaired from the seed's spare variants, plus
+               one content-keeping "keeper" variant if none has the word; else it is dropped
+  4. assemble  sft.jsonl, grpo_train.jsonl, grpo_test.jsonl, rated.jsonl, manifest.json; the
+               manifest counts rows per task ("tasks") and how many drawn clusters were
+               unrecoverable, repaired, dropped or kept so ("recoverability")
 rated.jsonl holds the seeds (score 5) and all their variants (0-4) of the sft and grpo_train
 splits only, so a quality reward's kNN library never contains the test references.
+
+Configured like train.py: conf/build_mixture.yaml composed by Hydra over MixtureConfig, so a
+typo or a wrong type is one `error: <key>: <reason>` line and exit code 2. Values with commas
+(`sources=a,b`) are plain strings, not sweeps.
 
 Resumable: stages write into OUT/.work/ (seeds.jsonl, emb_NNNNN.npy, shard_NNNNN.jsonl), each
 file atomically. Every random draw comes from an RNG keyed by (seed, purpose, seed_id), so a
@@ -33,20 +42,27 @@ import re
 import shutil
 import sys
 from collections import Counter, defaultdict
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 
-from lmmixup.data.cluster import (ClusterConfig, cluster_row, embed_text, load_embedder,
-                                  member_chars, nearest_neighbours, pick_members)
-from lmmixup.data.degrade import ORIGINAL_SCORE, DegradeConfig, TeacherParaphraser, Variant, degrade_seed
+from lmmixup.data.cluster import (ClusterConfig, cluster_row, cover_target, embed_text,
+                                  load_embedder, member_chars, nearest_neighbours, pick_members)
+from lmmixup.data.content import unrecoverable_content
+from lmmixup.data.degrade import (ORIGINAL_SCORE, DegradeConfig, TeacherParaphraser, Variant,
+                                  degrade_seed, keeper_variant)
 from lmmixup.data.jsonl import (atomic_open, atomic_write_bytes, atomic_write_jsonl,
                                 atomic_write_text, dumps_row, iter_jsonl, sha256_file)
+from lmmixup.data.prompts import TASKS
 from lmmixup.data.schema import Seed, rng_for
 from lmmixup.data.sources import DEFAULT_SOURCES, FilterConfig, load_source, parse_sources
+from lmmixup.cli import precheck_overrides, report_errors
+from lmmixup.config import to_typed_config
 from lmmixup.errors import ConfigError, LmmixupError, require
 
 SPLITS = ("sft", "grpo_train", "grpo_test")
@@ -227,6 +243,23 @@ class ClusterMaker:
                                              wrong_answers=wrong, paraphrase=self.paraphrase)
         return self._variants[i]
 
+    def recover(self, s: Seed, members: List[Variant], own: List[Variant]
+                ) -> Tuple[List[Variant], List[Variant]]:
+        """(members, own variants) after cover_target; when even all of the seed's variants
+        miss some content word, one keeper variant (degrade.keeper_variant) that supplies them
+        joins its variants (and so rated.jsonl) first."""
+        target = (s.question, s.answer)
+        if unrecoverable_content(target, [(v.question, v.answer) for v in own]):
+            keeper = keeper_variant(
+                s, self.cfg.degrade, rng_for(self.cfg.seed, "keeper", s.seed_id),
+                taken=[v.text for v in own],
+                keeps=lambda v: not unrecoverable_content(target, [(v.question, v.answer)]))
+            if keeper is not None:
+                own = own + [keeper]
+        members = cover_target(s, members, own, self.cfg.cluster.size_max,
+                               rng_for(self.cfg.seed, "cover", s.seed_id))
+        return members, own
+
     def shard_records(self, indices: Sequence[int]) -> List[Dict]:
         """Per seed: a {"split", "row"} record and one {"rated"} record per rated text, or a
         {"dropped", "reason"} record (fewer than 2 variants; cluster text too long)."""
@@ -241,10 +274,19 @@ class ClusterMaker:
             foreign = self.variants(j) if j is not None else []
             members = pick_members(own, foreign, self.cfg.cluster,
                                    rng_for(self.cfg.seed, "cluster", s.seed_id))
-            if member_chars(members) > self.cfg.cluster.max_member_chars:
-                records.append({"dropped": s.seed_id, "reason": "too_long"})
+            drawn = _missing(s, members)  # content words of the target that no member has
+            if drawn and self.cfg.cluster.recoverable:
+                members, own = self.recover(s, members, own)
+            kept = _missing(s, members)
+            if kept and self.cfg.cluster.recoverable:
+                records.append({"dropped": s.seed_id, "reason": "unrecoverable",
+                                "missing_drawn": len(drawn)})
                 continue
-            records.append({"split": split,
+            if member_chars(members) > self.cfg.cluster.max_member_chars:
+                records.append({"dropped": s.seed_id, "reason": "too_long",
+                                "missing_drawn": len(drawn)})
+                continue
+            records.append({"split": split, "missing_drawn": len(drawn), "missing": len(kept),
                             "row": cluster_row(s, members, self.cfg.cluster.reasoning)})
             if split != "grpo_test":
                 base = {"task": s.task, "source": s.source, "seed_id": s.seed_id, "split": split}
@@ -255,6 +297,10 @@ class ClusterMaker:
                                               "operators": list(v.operators),
                                               "severity": v.severity}})
         return records
+
+
+def _missing(seed: Seed, members: Sequence[Variant]) -> List[str]:
+    return unrecoverable_content((seed.question, seed.answer), [(m.question, m.answer) for m in members])
 
 
 # ----------------------------------------------------------------------------- the build
@@ -362,11 +408,17 @@ def _assemble(cfg: MixtureConfig, out: Path, work: Path, n_shards: int, seed_sta
     by_task: Dict[str, Counter] = {s: Counter() for s in SPLITS}
     by_source: Dict[str, Counter] = {s: Counter() for s in SPLITS}
     rated_scores, rated_tasks, operators, sizes = Counter(), Counter(), Counter(), Counter()
-    dropped, mixed = Counter(dropped_too_short=0, dropped_too_long=0), 0
+    dropped, mixed = Counter(dropped_too_short=0, dropped_too_long=0, dropped_unrecoverable=0), 0
+    recover = Counter(drawn=0, drawn_unrecoverable=0, repaired=0, kept_unrecoverable=0)
     with ExitStack() as stack:
         files = {name: stack.enter_context(atomic_open(out / f"{name}.jsonl")) for name in names}
         for k in range(n_shards):
             for _, rec in iter_jsonl(work / f"shard_{k:05d}.jsonl"):
+                if "missing_drawn" in rec:  # a cluster was drawn: was its target recoverable?
+                    recover["drawn"] += 1
+                    recover["drawn_unrecoverable"] += rec["missing_drawn"] > 0
+                    recover["repaired"] += rec["missing_drawn"] > 0 and rec.get("missing") == 0
+                    recover["kept_unrecoverable"] += rec.get("missing", 0) > 0
                 if "dropped" in rec:
                     dropped[f"dropped_{rec['reason']}"] += 1
                     continue
@@ -388,8 +440,18 @@ def _assemble(cfg: MixtureConfig, out: Path, work: Path, n_shards: int, seed_sta
         path = out / f"{name}.jsonl"
         file_info[path.name] = {"rows": rows[name], "sha256": sha256_file(path),
                                 "bytes": path.stat().st_size}
+    n_rows = sum(rows[s] for s in SPLITS)
+    tasks = {t: sum(by_task[s][t] for s in SPLITS) for t in TASKS}
     manifest = {
         "format": "lmmixup-mixture/1",
+        "tasks": {t: {"rows": n, "share": round(n / max(n_rows, 1), 4),
+                      "sft": by_task["sft"][t]} for t, n in tasks.items()},
+        "recoverability": {
+            **recover,
+            "fraction_drawn_unrecoverable": round(recover["drawn_unrecoverable"]
+                                                  / max(recover["drawn"], 1), 4),
+            "fraction_kept_unrecoverable": round(recover["kept_unrecoverable"] / max(n_rows, 1), 4),
+        },
         "config": config_dict(cfg),
         "seeds": {**seed_stats, "selected": n_seeds, **dropped},
         "files": file_info,
@@ -407,25 +469,94 @@ def _assemble(cfg: MixtureConfig, out: Path, work: Path, n_shards: int, seed_sta
 
 
 # ----------------------------------------------------------------------------- command line
+# The same front-end as train.py: conf/build_mixture.yaml composed by Hydra over the registered
+# schema, so an unknown key or a wrong type is one `error: <key>: <reason>` line and exit code 2.
+# The compose API (not @hydra.main) keeps `main(argv) -> int` callable in-process, as
+# lmmixup.pipeline does, and writes no Hydra output folder.
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONFIG_NAME = "build_mixture"
+_PLAIN_VALUE = re.compile(r"^[\w./:+@~-]*$")
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="mixture_schema", node=MixtureConfig)
+
+
+def hydra_overrides(argv: Sequence[str]) -> List[str]:
+    """`key=value` arguments as Hydra overrides. Every MixtureConfig field is a scalar, so a
+    comma is never a sweep here (`sources=sciq,boolq`): such values, and any with characters
+    Hydra's grammar reserves, are single-quoted; an argument without `=` is left for Hydra to
+    reject."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and not _PLAIN_VALUE.match(value) and not value.startswith(("'", '"')):
+            value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        out.append(f"{key}{eq}{value}")
+    return out
+
+
+@contextmanager
+def _own_hydra():
+    """A Hydra instance of our own for compose(), restoring the caller's (e.g. a @hydra.main
+    command that builds a MIXTURE in-process) afterwards."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            yield
+    finally:
+        GlobalHydra.instance().clear()
+        if outer is not None:
+            GlobalHydra.instance().initialize(outer)
+
 
 def parse_args(argv: Sequence[str]) -> MixtureConfig:
-    """key=value overrides (dotted for nested keys) onto MixtureConfig; unknown keys and wrong
-    types are one-line ConfigErrors."""
-    from lmmixup.cli import parse_key_values
+    """key=value overrides (dotted for nested keys) composed onto conf/build_mixture.yaml and
+    MixtureConfig; unknown keys, wrong types and invalid values are one-line ConfigErrors."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    return parse_key_values(MixtureConfig, list(argv))
+    from lmmixup.cli import _composition_message  # the one-line reading of a Hydra error
+
+    overrides = hydra_overrides(argv)
+    parser = OverridesParser.create()
+    for arg, override in zip(argv, overrides):
+        if "=" not in arg:
+            raise ConfigError(f"{arg}: arguments are key=value")
+        try:
+            parser.parse_override(override)
+        except HydraException as e:
+            raise ConfigError(f"{arg}: not a valid override ({str(e).splitlines()[0]})") from None
+    register_configs()
+    try:
+        with _own_hydra():
+            dcfg = compose(CONFIG_NAME, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_composition_message(e)) from None
+    return to_typed_config(dcfg)
+
+
+def run(argv: Sequence[str]) -> None:
+    cfg = parse_args(argv)
+    manifest = build_mixture(cfg)
+    counts = ", ".join(f"{name} {info['rows']}" for name, info in manifest["files"].items())
+    print(f"wrote {cfg.out}: {counts}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """0 on success; 2 after one `error:` line on stderr (report_errors' contract, returned
+    rather than exited so that an in-process caller such as lmmixup.pipeline continues)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        cfg = parse_args(argv)
-        manifest = build_mixture(cfg)
-    except LmmixupError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    counts = ", ".join(f"{name} {info['rows']}" for name, info in manifest["files"].items())
-    print(f"wrote {cfg.out}: {counts}")
+        precheck_overrides(hydra_overrides(argv), CONF_DIR, CONFIG_NAME, register_configs)
+        report_errors(lambda: run(argv))
+    except SystemExit as e:  # cli.fail() exits 2 after printing the line
+        return int(e.code or 0)
     return 0
 
 

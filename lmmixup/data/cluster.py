@@ -6,11 +6,18 @@ cosine >= mix_min_similarity under the embedder) joins it, appended while the cl
 size_max, else replacing one own variant, so the model also learns to leave out a related but
 different pair. The target is always the cluster's own seed.
 
+Recoverability (cluster.recoverable, content.py): a target must not carry content that no
+member has, or the distiller learns to invent it. When the drawn members miss some of the
+target's content words, `cover_target` swaps in the seed's spare variants that supply them
+(adding while below size_max, else replacing the own member that supplies the fewest target
+words); a cluster still missing words after that is dropped by the builder and counted.
+
 The <think> reasoning of the target (cluster.reasoning):
-    notes     one line per member naming its defects (from the operators that made it), then
-              what the merge keeps: written from the degradation record, no LLM involved
-    evidence  the seed's evidence paragraph (SciQ support, BoolQ passage), when it has one
-    notes+evidence (default) | none (an empty <think>)
+    notes     (default) one line per member with the defects visible in its text, then which
+              member keeps the most content (notes.py): nothing the model cannot see
+    evidence  the seed's evidence paragraph (SciQ support, BoolQ passage), when it has one.
+              It is not in the prompt, so the model can only recall or invent it
+    notes+evidence | none (an empty <think>)
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from lmmixup.data.content import content_stems, unrecoverable_content
 from lmmixup.data.degrade import Variant
 from lmmixup.data.layout import prompt_messages, target_text
+from lmmixup.data.notes import visible_notes
 from lmmixup.data.schema import Seed
 from lmmixup.errors import require
 from lmmixup.models import package_dir
@@ -50,8 +59,11 @@ class ClusterConfig:
     a sentence-transformers folder or hub id"""
     embed_batch_size: int = 64
     """texts per embedder batch"""
-    reasoning: str = "notes+evidence"
-    """what goes inside <think>: notes+evidence | notes | evidence | none"""
+    reasoning: str = "notes"
+    """what goes inside <think>: notes | notes+evidence | evidence | none"""
+    recoverable: bool = True
+    """repair (from the seed's spare variants) or drop clusters whose target has content words
+    no member keeps; false keeps them (the first builds did)"""
 
     def validate(self) -> None:
         require(2 <= self.size_min <= 5, "cluster.size_min", f"must be in 2..5, got {self.size_min}")
@@ -154,53 +166,41 @@ def pick_members(own: Sequence[Variant], foreign: Sequence[Variant], cfg: Cluste
     return members
 
 
-_DEFECTS = {
-    "typos": "has typos",
-    "drop_words": "is missing words",
-    "shuffle_words": "has scrambled word order",
-    "truncate_question": "is cut off",
-    "vague_question": "is vague",
-    "wrong_answer": "gives a wrong answer",
-    "partial_answer": "gives an incomplete answer",
-    "verbose_filler": "is padded with filler",
-    "casing_punct": "has broken casing or punctuation",
-    "reword": "is a rephrasing",
-    "llm_paraphrase": "is a paraphrase",
-}
-
-
-def _join(items: List[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def merge_notes(seed: Seed, members: Sequence[Variant]) -> str:
-    """Reasoning written from the degradation record: each member's defects, then the merge."""
-    lines = []
-    for i, m in enumerate(members, start=1):
-        if m.seed_id != seed.seed_id:
-            lines.append(f"Pair {i} is about a different question, so I leave it out.")
-        else:
-            lines.append(f"Pair {i} {_join([_DEFECTS[o] for o in m.operators])}.")
-    short = seed.answer if len(seed.answer) <= 80 else ""
-    who = "The other pairs" if any(m.seed_id != seed.seed_id for m in members) else "All pairs"
-    final = {
-        "qa": f"{who} ask the same question. I restore its full, correct wording and keep the "
-              "correct answer" + (f": {short}." if short else "."),
-        "mcq": f"{who} ask the same question with the same options. I restore the full "
-               f"question and keep the correct option, {seed.answer}.",
-        "tfq": f"{who} ask the same question. I restore its wording; the answer is {seed.answer}.",
-        "cs": f"{who} describe the same statement. I restore it and keep the correct category"
-              + (f": {short}." if short else "."),
-        "para": f"{who} share one instruction. I restore it in full and give a complete, clean "
-                "response.",
-    }[seed.task]
-    return "\n".join(lines + [final])
+def cover_target(seed: Seed, members: List[Variant], own: Sequence[Variant], size_max: int,
+                 rng: random.Random) -> List[Variant]:
+    """Members whose union holds every content word of the seed's pair, if the seed's spare
+    variants can supply them (see the module docstring); else the best cover found (the caller
+    checks and drops). Greedy:
+    each round adds the spare variant that supplies the most missing words (the first on
+    ties); at size_max it replaces the own member that supplies the fewest target words."""
+    target = (seed.question, seed.answer)
+    members = list(members)
+    spare = [v for v in own if v not in members]
+    while spare:
+        missing = unrecoverable_content(target, [(m.question, m.answer) for m in members])
+        if not missing:
+            break
+        gain = [len(missing) - len(unrecoverable_content(target, [(v.question, v.answer)] + [
+            (m.question, m.answer) for m in members])) for v in spare]
+        best = max(range(len(spare)), key=lambda k: (gain[k], -k))
+        if gain[best] == 0:
+            break
+        add = spare.pop(best)
+        if len(members) < size_max:
+            members.insert(rng.randrange(len(members) + 1), add)
+            continue
+        wanted = content_stems(f"{seed.question} {seed.answer}")
+        own_at = [k for k, m in enumerate(members) if m.seed_id == seed.seed_id]
+        drop = min(own_at, key=lambda k: (len(wanted & content_stems(
+            f"{members[k].question} {members[k].answer}")), k))
+        members[drop] = add  # not returned to `spare`: every round uses one up, so this ends
+    return members
 
 
 def cluster_reasoning(seed: Seed, members: Sequence[Variant], mode: str) -> str:
     parts = []
     if mode in ("notes", "notes+evidence"):
-        parts.append(merge_notes(seed, members))
+        parts.append(visible_notes([(m.question, m.answer) for m in members], seed.answer))
     if mode in ("evidence", "notes+evidence") and seed.reasoning:
         parts.append(f"Background: {seed.reasoning}")
     return "\n".join(parts)

