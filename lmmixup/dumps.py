@@ -30,13 +30,13 @@ row dicts. Columns (`dump_columns` builds the schema):
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from lmmixup.data.jsonl import atomic_open, atomic_write_text
 from lmmixup.grpo import kl_penalty
 from lmmixup.rewards.answer import extract_answer
 
@@ -178,14 +178,12 @@ def write_dump(run_dir: Path, step: int, rows: List[Dict[str, Any]], reward_name
                with_tokens: bool) -> Path:
     """Write one step's rows atomically; returns the file written."""
     path = dump_path(run_dir, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
     if pq is not None:
         table = pa.Table.from_pylist(rows, schema=dump_columns(reward_names, with_tokens))
-        pq.write_table(table, tmp)
+        with atomic_open(path, "wb") as f:
+            pq.write_table(table, f)
     else:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
