@@ -87,7 +87,7 @@ def _hacking_section(run: RunData) -> str:
     return f'<section id="hacking"><h2>Reward-hacking signals</h2>{inner}</section>'
 
 
-def _group_html(members: List[Dict[str, Any]], names: Sequence[str]) -> str:
+def _group_html(members: List[Dict[str, Any]], names: Sequence[str], is_open: bool) -> str:
     first = members[0]
     spread = max(r["advantage"] for r in members) - min(r["advantage"] for r in members)
     head = "<tr><th></th>" + "".join(f"<th>#{r['member']}</th>" for r in members) + "</tr>"
@@ -103,7 +103,7 @@ def _group_html(members: List[Dict[str, Any]], names: Sequence[str]) -> str:
     rows += "<tr><th>length / truncated / answer</th>" + "".join(
         f"<td>{r['length']} / {'yes' if r['truncated'] else 'no'} / "
         f"{'yes' if r['has_answer'] else 'no'}</td>" for r in members) + "</tr>"
-    return (f'<details class="group"><summary>group {first["group"]} &middot; task '
+    return (f'<details class="group"{" open" if is_open else ""}><summary>group {first["group"]} &middot; task '
             f'{_e(first["task"])} &middot; mean {first["group_mean"]:.3f} &middot; advantage '
             f'spread {spread:.3f}</summary><details><summary>prompt and reference</summary>'
             f'<pre>{_e(first["prompt"])}</pre><pre>{_e(first["reference"])}</pre></details>'
@@ -113,12 +113,15 @@ def _group_html(members: List[Dict[str, Any]], names: Sequence[str]) -> str:
 def _rollouts_section(run: RunData) -> str:
     names = run.reward_names()
     parts = []
+    last = max(run.dumps, default=None)
     for step in sorted(run.dumps):
         rows = run.dump(step)
         groups = top_groups(rows, k=len(rows))  # every group, widest advantage spread first
-        parts.append(f'<details class="step"><summary>step {step} &middot; {len(groups)} groups '
-                     f'&middot; {len(rows)} completions</summary>'
-                     + "".join(_group_html(g, names) for g in groups) + "</details>")
+        # the last step and its widest group start unfolded: the report opens on an example
+        parts.append(f'<details class="step"{" open" if step == last else ""}><summary>step '
+                     f'{step} &middot; {len(groups)} groups &middot; {len(rows)} completions'
+                     "</summary>" + "".join(_group_html(g, names, step == last and i == 0)
+                                            for i, g in enumerate(groups)) + "</details>")
     inner = "".join(parts) or "<p>No rollout dumps in this run (logger.dump_every=0?).</p>"
     return ('<section id="rollouts"><h2>Rollouts</h2><p>Step &rarr; group (widest advantage '
             f"spread first) &rarr; completions.</p>{inner}</section>")
