@@ -71,15 +71,17 @@ def main(argv: Optional[List[str]] = None) -> None:
     if compared:
         console.print(terminal.compare_table([run, *compared]))
     out = args.out or run.path / "inspect"
+    pngs = {}
     if args.plot:
         from lmmixup.inspect.plots import write_plots
 
         for path in write_plots([run, *compared], out):
             console.print(f"wrote {path}")
+            pngs[path.stem[len("inspect_"):]] = path.read_bytes()
     if args.html:
         from lmmixup.inspect.html import write_html
 
-        console.print(f"wrote {write_html(run, out / 'report.html', compare=compared)}")
+        console.print(f"wrote {write_html(run, out / 'report.html', compare=compared, pngs=pngs)}")
 
 
 if __name__ == "__main__":

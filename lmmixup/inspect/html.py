@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from lmmixup.data.jsonl import atomic_write_text
 from lmmixup.inspect import plots
@@ -54,10 +54,11 @@ def _config_section(run: RunData) -> str:
     return f'<section id="config"><h2>Config</h2><table>{rows}</table></section>'
 
 
-def _plots_section(runs: Sequence[RunData]) -> str:
+def _plots_section(runs: Sequence[RunData], pngs: Dict[str, bytes]) -> str:
     imgs = []
     for name in plots.PANELS:
-        data = base64.b64encode(plots.png_bytes(plots.figure([name], runs, cols=1))).decode()
+        png = pngs[name] if name in pngs else plots.png_bytes(plots.figure([name], runs, cols=1))
+        data = base64.b64encode(png).decode()
         imgs.append(f'<img alt="{name}" src="data:image/png;base64,{data}" width="480">')
     return f'<section id="plots"><h2>Curves</h2>{"".join(imgs)}</section>'
 
@@ -127,12 +128,14 @@ def _rollouts_section(run: RunData) -> str:
             f"spread first) &rarr; completions.</p>{inner}</section>")
 
 
-def write_html(run: RunData, path: Path, compare: Sequence[RunData] = ()) -> Path:
+def write_html(run: RunData, path: Path, compare: Sequence[RunData] = (),
+               pngs: Optional[Dict[str, bytes]] = None) -> Path:
+    """pngs: panel name -> PNG bytes already drawn (by --plot), so they are not drawn twice."""
     runs = [run, *compare]
     doc = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
            f"<title>lmmixup inspect: {_e(run.name)}</title><style>{CSS}</style></head><body>"
            f"<h1>lmmixup inspect: {_e(run.path)}</h1>"
-           + _config_section(run) + _plots_section(runs) + _attribution_section(run)
+           + _config_section(run) + _plots_section(runs, pngs or {}) + _attribution_section(run)
            + _hacking_section(run) + _rollouts_section(run) + "</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, doc)
