@@ -86,3 +86,19 @@ def test_dump_schedule():
     assert [s for s in range(1, 101) if should_dump(s, 100, -1)] == [1] + list(range(10, 101, 10))
     assert [s for s in range(1, 8) if should_dump(s, 7, 3)] == [1, 3, 6, 7]
     assert not any(should_dump(s, 7, 0) for s in range(1, 8))
+
+
+def test_wandb_sample_table_offline(tmp_path):
+    from lmmixup.logging import LoggerConfig, MetricsLog
+
+    log = MetricsLog(LoggerConfig(backend="wandb"), tmp_path, {"seed": 0})
+    rows = make_rows(False)
+    columns = ["step", "member", "completion", "advantage"]
+    log.wandb.table("rollouts/samples", columns, [[r[c] for c in columns] for r in rows], step=3)
+    log.finish()
+    tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/rollouts/samples_*.table.json"))
+    assert len(tables) == 1
+    import json
+
+    saved = json.loads(tables[0].read_text())
+    assert saved["columns"] == columns and len(saved["data"]) == 2
