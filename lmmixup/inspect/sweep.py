@@ -200,13 +200,16 @@ def write_heatmaps(cells: Sequence[Cell], out_dir: Path) -> List[Path]:
                     grid[rows.index(c.values[keys[0]])][cols.index(c.values[keys[1]])] = c.metrics[name]
             fig, ax = plt.subplots(figsize=(1.6 * len(cols) + 2.5, 1.1 * len(rows) + 1.8))
             im = ax.imshow(grid, cmap="viridis", aspect="auto")
+            finite = [v for row in grid for v in row if v == v]
+            mid = (min(finite) + max(finite)) / 2 if finite else 0.0
             ax.set_xticks(range(len(cols)), cols)
             ax.set_yticks(range(len(rows)), rows)
             ax.set_xlabel(keys[1])
             ax.set_ylabel(keys[0])
             for i, row in enumerate(grid):
                 for j, v in enumerate(row):
-                    ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="w")
+                    ax.text(j, i, f"{v:.3f}", ha="center", va="center",
+                            color="k" if v > mid else "w")  # readable on viridis' yellow end
             fig.colorbar(im, ax=ax)
         else:
             labels = [", ".join(f"{k}={c.values[k]}" for k in keys if k in c.values) or c.run.name
