@@ -39,14 +39,16 @@ class StepInspector:
         if resume_step and metrics_file.exists():  # the logger already cut it to resume_step
             self.history = [json.loads(l) for l in metrics_file.read_text().splitlines() if l]
         self.evals_seen: set = set()
-        self._read_evals()
+        self._read_evals(before=resume_step + 1)
         self.report: HackingReport = replay(self.history, cfg.hacking)
 
-    def _read_evals(self) -> None:
-        """Held-out summaries (eval_step_<s>.json, written by lmmixup/evaluate.py) join the
-        history as rows of their own, so heldout_divergence sees them."""
+    def _read_evals(self, before: int) -> None:
+        """Held-out summaries (eval_step_<s>.json, written by lmmixup/evaluate.py after step s)
+        join the history as rows of their own, so heldout_divergence sees them. Only steps
+        before `before`: a resumed run must not read an evaluation its killed predecessor wrote
+        for a step it is about to redo."""
         for path in sorted(self.run_dir.glob("eval_step_*.json")):
-            if path.name in self.evals_seen:
+            if path.name in self.evals_seen or int(path.stem.rsplit("_", 1)[1]) >= before:
                 continue
             self.evals_seen.add(path.name)
             self.history.append(json.loads(path.read_text()))
@@ -73,7 +75,7 @@ class StepInspector:
             dump_s = time.perf_counter() - t_dump
         out["time/dump_s"] = dump_s
 
-        self._read_evals()
+        self._read_evals(before=step)
         self.history.append({"step": step, **metrics, **out})
         for rule, message in evaluate_rules(self.history, cfg.hacking).items():
             out[f"hacking/{rule}"] = float(message is not None)
