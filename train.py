@@ -43,6 +43,7 @@ from lmmixup.data.prompts import PromptSampler, check_prompt_lengths, load_rows
 from lmmixup.errors import LmmixupError
 from lmmixup.evaluate import evaluate
 from lmmixup.grpo import group_advantages
+from lmmixup.inspect.hook import StepInspector
 from lmmixup.logging import MetricsLog, redact
 from lmmixup.models import frozen_copy, load_model, load_tokenizer, stop_token_ids
 from lmmixup.optim import build_optimizer, build_scheduler
@@ -125,6 +126,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
                      resume_step=start_step if cfg.resume else None)
     atomic_write_text(run_dir / "config.yaml", config_yaml)  # only now that every check has passed
     stop = StopRequest()
+    inspector = StepInspector(cfg, run_dir, log, resume_step=start_step)
 
     def save(step: int) -> None:
         save_checkpoint(run_dir, step, model, optimizer, scheduler, sampler.state_dict(),
@@ -214,6 +216,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
             "time/rollout_s": rollout_s,
             "time/step_s": step_s,
         }
+        # Attribution (attr/*), reward-hacking signals (hacking/*), rollout dump: lmmixup/inspect.
+        metrics.update(inspector.after_step(step, batch, advantages, old_logp, ref_logp, metrics))
         log.log(step, metrics)
         bar.set_postfix(reward=f"{metrics['reward/total_mean']:.3f}", kl=f"{stats.kl:.4f}")
 

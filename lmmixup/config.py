@@ -18,6 +18,7 @@ from lmmixup.checkpoint import CheckpointConfig
 from lmmixup.data.prompts import DataConfig
 from lmmixup.errors import ConfigError, require
 from lmmixup.grpo import AlgoConfig
+from lmmixup.hacking import HackingConfig
 from lmmixup.logging import LoggerConfig
 from lmmixup.models import ModelConfig
 from lmmixup.optim import OptimConfig
@@ -74,6 +75,8 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    hacking: HackingConfig = field(default_factory=HackingConfig)
+    """thresholds of the reward-hacking signals logged every GRPO step (lmmixup/hacking.py)"""
 
     def validate(self) -> None:
         require(self.stage in ("grpo", "sft", "eval"), "stage",

@@ -1,6 +1,6 @@
 """Run logging: metrics.jsonl always, Weights & Biases (offline by default) when asked.
 
-The W&B side sits behind a null object with the same two methods, so the training loop never
+The W&B side sits behind a null object with the same methods (log, table, finish), so the training loop never
 branches on the logger. `metrics.jsonl` holds one JSON object per optimizer step; on resume
 the lines after the checkpoint's step are dropped first, so a step never appears twice.
 """
@@ -13,7 +13,7 @@ import secrets
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from lmmixup.errors import LmmixupError, require
 
@@ -28,10 +28,20 @@ class LoggerConfig:
     """W&B run name; empty = W&B's default"""
     progress_bar: bool = True
     """show a tqdm bar with the step, reward and KL"""
+    dump_every: int = -1
+    """write the rollout batch to <run>/rollouts/ every N steps (lmmixup/dumps.py); -1 = auto
+    (every step for runs under 50 steps, else every 10; first and last step always), 0 = never"""
+    dump_tokens: bool = False
+    """also dump the per-token arrays (token ids, log-probs, old/ref log-probs)"""
+    dump_table_rows: int = 16
+    """completions per dump sent to W&B as a sample table (whole groups, from the first)"""
 
     def validate(self) -> None:
         require(self.backend in ("wandb", "none"), "logger.backend",
                 f"must be wandb or none, got {self.backend!r}")
+        require(self.dump_every >= -1, "logger.dump_every",
+                f"must be -1 (auto), 0 (never) or a step interval > 0, got {self.dump_every}")
+        require(self.dump_table_rows >= 0, "logger.dump_table_rows", "must be >= 0")
 
 
 # A key names a credential when its last word does: api_key, hf_token, client_secret, password.
@@ -51,6 +61,9 @@ def redact(obj: Any) -> Any:
 
 class _NullWandb:
     def log(self, metrics: Dict[str, float], step: int) -> None:
+        pass
+
+    def table(self, key: str, columns: List[str], rows: List[List[Any]], step: int) -> None:
         pass
 
     def finish(self) -> None:
@@ -73,6 +86,11 @@ class _Wandb:
 
     def log(self, metrics: Dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
+
+    def table(self, key: str, columns: List[str], rows: List[List[Any]], step: int) -> None:
+        import wandb
+
+        self.run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
 
     def finish(self) -> None:
         self.run.finish()

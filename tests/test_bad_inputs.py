@@ -153,6 +153,9 @@ ROWS = [
     R("checkpoint-new-run-in-used-folder", "",
       "<run>/metrics.jsonl: already holds metrics; pass resume=auto to continue that run, or "
       "pick a new hydra.run.dir", run="<run>"),
+    R("config-dump-every", "logger.dump_every=-2",
+      "logger.dump_every: must be -1 (auto), 0 (never) or a step interval > 0, got -2"),
+    R("config-hacking-window", "hacking.window=0", "hacking.window: must be >= 1"),
 ]
 # A reward registered by this file (`nan_probe`) scores 0.5 at step 1, then NaN.
 NONFINITE_ROWS = [
