@@ -37,7 +37,9 @@ def test_cli_scores_a_file(tmp_path):
         # no answer block: all 0
         {"completion": "no tags at all", "reference": GOOD, "task": None},
     ])
-    out = run_cli(["--input", str(rows), "--library", str(lib), "quality.k=8"], tmp_path)
+    # the kNN backend: the hand-computed Q below is its on this clearly separated library
+    out = run_cli(["--input", str(rows), "--library", str(lib), "quality.backend=knn",
+                   "quality.k=8"], tmp_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     row1 = [line for line in lines if line.startswith(f"{rows}:1 ")]
