@@ -16,8 +16,9 @@ Features z(x) of a text (standardised with the training rows' mean and std):
     - U surface statistics (SURFACE below): out-of-vocabulary word rate against the embedder's
       own tokenizer vocabulary (typos), capitals, inner capitals, punctuation runs, ellipses,
       repeated trigrams (an answer said twice), length;
-    - optionally (`reward.quality.learned.embedding=true`) the reward embedder's sentence
-      embedding, which costs embedding the whole library once (cached) and measured no better.
+    - the reward embedder's sentence embedding (D; `reward.quality.learned.embedding=false`
+      drops it): embedding the library once costs minutes, cached by content, and it adds
+      ~0.01-0.02 of paired AUC (docs/LOG.md).
 Model: all-threshold ordinal regression (Rennie & Srebro 2005, "Loss functions for preference
 levels: regression with discrete ordered labels"), linear in z:
     f = w . z + c;   P(s > t) = sigmoid(f - b_t), t = 0..4,  b_t = b_0 + sum_{u<=t} softplus(d_u)
@@ -65,7 +66,7 @@ class LearnedQualityConfig:
     """H: hashed word uni+bigram buckets"""
     embedding: bool = True
     """also feed the embedder's sentence embedding (embeds the whole library once, cached)"""
-    l2: float = 1e-2
+    l2: float = 0.1
     """L2 penalty on the weights (features are standardised, so one scale fits all)"""
     balance: bool = True
     """weight rows so every score 0..5 counts equally (MIXTURE has ~6 degraded rows per original)"""
