@@ -127,11 +127,11 @@ def test_hashed_ngrams_match_a_loop():
 # ---- start-up: train once, save beside the library, load afterwards --------------------------
 
 def test_model_is_saved_beside_the_library_and_reloaded(tmp_path, embedder):
-    lib = write_library(tmp_path / "rated.jsonl", synthetic_rated_rows(60, seed=1))
+    lib = write_library(tmp_path / "lib" / "rated.jsonl", synthetic_rated_rows(60, seed=1))
     cfg = LearnedQualityConfig(buckets=64, max_iter=30)
     first = LearnedQuality(lib, cfg, embedder)
-    assert first.trained and first.path.parent == tmp_path
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rated.jsonl", first.path.name]  # no temp
+    assert first.trained and first.path.parent == lib.parent
+    assert sorted(p.name for p in lib.parent.iterdir()) == ["rated.jsonl", first.path.name]  # no temp
     second = LearnedQuality(lib, cfg, embedder)
     assert not second.trained and second.path == first.path
     texts = ["A careful cook improves the taste of a simple meal when it is planned with care.",
