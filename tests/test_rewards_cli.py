@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from lmmixup.rewards.__main__ import main
 from lmmixup.rewards.quality import write_library
@@ -37,7 +38,9 @@ def test_cli_scores_a_file(tmp_path):
         # no answer block: all 0, and the no-answer penalty -1 (weight 0.2) -> total -0.2
         {"completion": "no tags at all", "reference": GOOD, "task": None},
     ])
-    out = run_cli(["--input", str(rows), "--library", str(lib), "quality.k=8"], tmp_path)
+    # the kNN backend: the hand-computed Q below is its on this clearly separated library
+    out = run_cli(["--input", str(rows), "--library", str(lib), "quality.backend=knn",
+                   "quality.k=8"], tmp_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     row1 = [line for line in lines if line.startswith(f"{rows}:1 ")]
@@ -96,3 +99,39 @@ def test_bench_runs_small(tmp_path, monkeypatch, capsys):
     assert "all three (compute_rewards):" in out and "format alone:" in out
     text = entry.read_text()
     assert "- Command: `python -m lmmixup.rewards.bench --runs 1 --batch 8" in text
+
+
+def test_cli_rows_one_line_per_input_row_in_order(tmp_path, monkeypatch, capsys):
+    import random
+
+    from lmmixup.rewards.embedder import EmbedderConfig
+    from lmmixup.rewards.quality import QualityConfig, build_quality_scorer, quality_from_expected
+    from lmmixup.rewards.synthetic import fluent_sentence, gibberish
+
+    monkeypatch.setenv("LMMIXUP_CACHE", str(tmp_path / "cache"))
+    lib = write_library(tmp_path / "rated.jsonl", synthetic_rated_rows(40, seed=1, scores=(5, 0)))
+    rng = random.Random(7)
+    answers = [fluent_sentence(rng), gibberish(rng), None, fluent_sentence(rng), gibberish(rng)]
+    rows = write_rows(tmp_path / "rows.jsonl", [
+        {"completion": "no tags at all" if a is None else f"<think>t</think><answer>{a}</answer>",
+         "task": "para"} for a in answers])
+    out = tmp_path / "scored.jsonl"
+    # batch size 2: the file must keep input order across batches
+    assert main(["score", "--input", str(rows), "--library", str(lib), "--rows", str(out),
+                 "--weights", "quality=0.5,format=0.1", "--batch-size", "2"]) == 0
+    assert f"wrote 5 rows to {out}" in capsys.readouterr().out
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in got] == [1, 2, 3, 4, 5]
+    assert all(set(r) == {"line", "quality", "format", "total", "quality_expected"} for r in got)
+    # the default (learned) backend's E, computed directly on the answers that exist
+    E = build_quality_scorer(QualityConfig(library=str(lib)), EmbedderConfig())(
+        [a for a in answers if a is not None]).tolist()
+    assert [r["quality_expected"] for r in got] == pytest.approx(
+        [E[0], E[1], None, E[2], E[3]], abs=1e-5)
+    assert got[2]["quality"] == 0.0  # no <answer>: Q = 0 and no E
+    for r in got:
+        if r["quality_expected"] is not None:  # Q is the paper's step on E
+            q = quality_from_expected(torch.tensor([r["quality_expected"]]), QualityConfig())
+            assert r["quality"] == pytest.approx(q.item(), abs=1e-5)
+        assert r["total"] == pytest.approx(0.5 * r["quality"] + 0.1 * r["format"], abs=1e-5)
+    assert [r["quality"] for r in got] == [1.0, 0.0, 0.0, 1.0, 0.0]

@@ -1,8 +1,8 @@
 """Standalone reward scorer.
 
     python -m lmmixup.rewards score --input rows.jsonl --library rated.jsonl \
-        [--weights alignment=0.4,quality=0.5,format=0.1] [--embedder NAME] \
-        [alignment.mode=continuous quality.k=8 ...]
+        [--weights alignment=0.4,quality=0.5,format=0.1] [--embedder NAME] [--rows OUT.jsonl] \
+        [alignment.mode=continuous quality.backend=knn quality.k=8 ...]
 
 Input rows: {"completion": str, "reference": str|null, "task": str|null, "prompt": str}
 (only "completion" is required; "reference" is required while alignment has a weight).
@@ -11,6 +11,13 @@ with the same dotted keys as `reward.*` in training (the `reward.` prefix is opt
 Prints one line per row, a summary, and as its LAST line a JSON object with quality_mean,
 alignment_mean, format_mean and total_mean (null for a reward that is not computed).
 Group normalisation does not apply here (rows are not groups): totals are sum_i w_i * r_i.
+The quality backend is paper.yaml's (`learned`); `quality.backend=knn` is the paper's scorer.
+
+--rows OUT.jsonl writes one JSON object per input row, in input order (written atomically):
+    {"line": input line number, "<reward>": score for every computed reward, "total": ...,
+     "quality_expected": the quality backend's continuous E in [0, 5], or null when the
+     completion has no <answer> (Q = 0 then) or quality is not computed}
+so anyone can compute an AUC, or read the failures, from E rather than the stepped Q.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from lmmixup.errors import LmmixupError
 
@@ -64,7 +71,7 @@ def load_config(args):
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise LmmixupError(f"config override: {str(e).splitlines()[0]}") from e
-    if "quality" in cfg.weights and cfg.quality.backend == "knn" and not cfg.quality.library:
+    if "quality" in cfg.weights and cfg.quality.needs_library and not cfg.quality.library:
         raise LmmixupError("quality needs a rated library: pass --library FILE.jsonl, or leave "
                            "quality out with --weights alignment=0.4,format=0.1")
     cfg.normalize_per_group = False  # rows are not groups here
@@ -100,6 +107,21 @@ def read_rows(path: Path, need_reference: bool):
     return rows
 
 
+def quality_expected(cfg, completions: List[str]) -> List[Optional[float]]:
+    """The quality backend's E (0-5) of each completion's answer; None without an answer."""
+    from lmmixup.rewards.answer import extract_answer
+    from lmmixup.rewards.quality import build_quality_scorer
+
+    answers = [extract_answer(c) for c in completions]
+    rows = [i for i, a in enumerate(answers) if a is not None]
+    out: List[Optional[float]] = [None] * len(completions)
+    if rows:  # the scorer the quality reward built: same process, same fitted model
+        expected = build_quality_scorer(cfg.quality, cfg.embedder)([answers[i] for i in rows])
+        for i, e in zip(rows, expected.tolist()):
+            out[i] = round(float(e), 6)
+    return out
+
+
 def score(args) -> dict:
     import torch
 
@@ -112,6 +134,7 @@ def score(args) -> dict:
     names = list(fns)
     totals: List[torch.Tensor] = []
     components = {name: [] for name in names}
+    per_row: List[dict] = []  # --rows: one record per input row, in input order
     for start in range(0, len(rows), args.batch_size):
         chunk = rows[start:start + args.batch_size]
         batch = RewardBatch(
@@ -125,9 +148,21 @@ def score(args) -> dict:
         totals.append(result.total)
         for name in names:
             components[name].append(result.components[name])
+        if args.rows:
+            expected = (quality_expected(cfg, batch.completions) if "quality" in fns
+                        else [None] * len(chunk))
         for i, (lineno, _) in enumerate(chunk):
             parts = " ".join(f"{n}={result.components[n][i].item():.3f}" for n in names)
             print(f"{args.input}:{lineno}  {parts}  total={result.total[i].item():.3f}")
+            if args.rows:
+                per_row.append({"line": lineno,
+                                **{n: round(result.components[n][i].item(), 6) for n in names},
+                                "total": round(result.total[i].item(), 6),
+                                "quality_expected": expected[i]})
+    if args.rows:
+        from lmmixup.data.jsonl import atomic_write_text
+
+        atomic_write_text(args.rows, "".join(json.dumps(r) + "\n" for r in per_row))
     total = torch.cat(totals)
     comps = {name: torch.cat(v) for name, v in components.items()}
     weights = " + ".join(f"{w}*{n}" for n, w in cfg.weights.items())
@@ -135,6 +170,8 @@ def score(args) -> dict:
     for name, values in comps.items():
         print(f"  {name:10s} mean {values.mean().item():.4f}  std {values.std(unbiased=False).item():.4f}")
     print(f"  {'total':10s} mean {total.mean().item():.4f}")
+    if args.rows:
+        print(f"wrote {len(per_row)} rows to {args.rows}")
     summary = {"rows": len(total)}
     for name in REPORTED:
         summary[f"{name}_mean"] = round(comps[name].mean().item(), 6) if name in comps else None
@@ -156,6 +193,8 @@ def main(argv=None) -> int:
     p.add_argument("--embedder", help="sentence embedder (default embedded:all-minilm-l6-v2)")
     p.add_argument("--weights", help="replace the mix, e.g. alignment=0.4,format=0.1")
     p.add_argument("--batch-size", type=int, default=64, help="rows per reward batch")
+    p.add_argument("--rows", help="write one JSON line per input row (every score, and the "
+                   "quality backend's E as quality_expected) to this file")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE reward config overrides")
     args = parser.parse_args(argv)
     try:

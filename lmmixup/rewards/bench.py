@@ -6,7 +6,9 @@
 Builds a synthetic rated library (lmmixup/rewards/synthetic.py), embeds it once (cached on
 disk like any library), then scores a batch of `--batch` completions of 3-5 sentences
 (B = batch/group prompts, each reference shared by its G completions) `--runs` times and
-prints the median wall time: all three rewards through `compute_rewards`, and each alone.
+prints the median wall time: all three rewards through `compute_rewards`, and each alone,
+with quality on its default backend (learned); then the quality reward on the paper's kNN
+backend (`quality alone, knn backend`) beside it, so the two costs per batch read side by side.
 The embedder's memo is cleared before every run, so each run pays for embedding as a fresh
 rollout batch would. `--entry-out` writes a dated markdown entry for docs/LOG.md.
 """
@@ -90,8 +92,13 @@ def main(argv=None) -> None:
                            quality=QualityConfig(library=str(lib)))
         cfg.validate()
         t0 = time.perf_counter()
-        fns = build_rewards(cfg)  # loads MiniLM, embeds the library (or reads the cache), fits
+        fns = build_rewards(cfg)  # loads MiniLM, fits the learned quality model (or loads it)
         build_s = time.perf_counter() - t0
+        knn_cfg = RewardConfig(weights={"quality": 1.0},
+                               quality=QualityConfig(backend="knn", library=str(lib)))
+        t0 = time.perf_counter()
+        knn_quality = build_rewards(knn_cfg)["quality"]  # embeds the library (or cache), fits
+        knn_build_s = time.perf_counter() - t0
     embedder = get_embedder(cfg.embedder)
     batch = make_batch(args.batch, args.group)
     G = args.group
@@ -103,6 +110,8 @@ def main(argv=None) -> None:
     for name in ("quality", "alignment", "format"):
         results[name + " alone"] = median_time(lambda: fns[name](batch), args.runs,
                                                embedder.clear_memo)
+    results["quality alone, knn backend"] = median_time(
+        lambda: knn_quality(batch), args.runs, embedder.clear_memo)
     if args.judge:
         from lmmixup.rewards.judge import JudgeConfig, load_judge
         from lmmixup.rewards.answer import extract_answer
@@ -112,9 +121,11 @@ def main(argv=None) -> None:
         results["judge backend (E only)"] = median_time(lambda: judge.judge_scores(answers),
                                                         max(1, args.runs // 3))
 
-    lines = [f"start-up (load MiniLM, library embeddings, fit T/p): {build_s:.2f} s",
+    lines = [f"start-up (load MiniLM, fit or load the learned quality model): {build_s:.2f} s; "
+             f"knn backend start-up (library embeddings, fit T/p): {knn_build_s:.2f} s",
              f"batch: {args.batch} completions (B={args.batch // G} x G={G}), "
-             f"library {args.library_rows} rows, k={cfg.quality.k}, "
+             f"library {args.library_rows} rows, quality backend {cfg.quality.backend} "
+             f"(knn k={knn_cfg.quality.k}), "
              f"torch threads {torch.get_num_threads()}, median of {args.runs} runs, "
              f"machine load average at the end {os.getloadavg()[0]:.1f}, fp32 matmul "
              f"{matmul_gflops():.0f} GFLOP/s (docs: ~317 on an idle machine)"]

@@ -10,13 +10,21 @@ the model once. It also remembers the embeddings of recently seen texts (`memo_s
 one rollout batch quality embeds the answers and alignment then asks for answers + references,
 so only the references go through the model; a reference repeated across the G completions of
 a group is embedded once. Embeddings are L2-normalised, so a dot product is a cosine.
+
+On-disk caches of embeddings (the quality library's) are keyed by `content_key`: what the
+model folder holds, not where it is installed, so a fresh clone or venv with the same packaged
+MiniLM reuses the cache. Small files (configs, tokenizer, vocab; <= CONTENT_HASH_MAX_BYTES) are
+hashed byte for byte; larger ones (the weights) by relative name and size, which is enough to
+tell two checkpoints apart without reading 90 MB at every start-up.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -24,6 +32,7 @@ import torch
 from lmmixup.errors import LmmixupError, require
 
 EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
+CONTENT_HASH_MAX_BYTES = 4 << 20  # files up to 4 MiB are hashed by content, larger by name+size
 
 
 @dataclass
@@ -60,6 +69,24 @@ def resolve_embedder_path(name: str) -> str:
     return name  # a hub name, for users who are online
 
 
+def content_key(model: str) -> str:
+    """A local model folder -> "sha256:<hex>" of its files (relative path, size, and the bytes
+    of every file <= CONTENT_HASH_MAX_BYTES; dot-files and dot-folders such as .cache skipped).
+    Independent of where the folder lives. A hub name (no such folder) is its own key."""
+    root = Path(model)
+    if not root.is_dir():
+        return f"hub:{model}"
+    digest = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    for path in files:
+        rel, size = path.relative_to(root).as_posix(), path.stat().st_size
+        digest.update(f"{rel}\0{size}\0".encode())
+        if size <= CONTENT_HASH_MAX_BYTES:
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return f"sha256:{digest.hexdigest()}"
+
+
 class Embedder:
     """A sentence-transformers model behind `encode(texts) -> (n, D)` normalised float32."""
 
@@ -82,11 +109,8 @@ class Embedder:
         dim_fn = getattr(self.model, "get_embedding_dimension", None) or \
             self.model.get_sentence_embedding_dimension
         self.dim = int(dim_fn())
-
-    @property
-    def cache_key(self) -> str:
-        """Identifies the embedding space in on-disk caches (a local folder by its full path)."""
-        return self.path
+        self.cache_key = content_key(self.path)
+        """identifies the embedding space in on-disk caches: the model's content, not its path"""
 
     def _encode_uncached(self, texts: List[str]) -> torch.Tensor:
         self.model_calls += 1

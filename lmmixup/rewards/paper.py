@@ -20,7 +20,7 @@ from lmmixup.errors import LmmixupError
 from lmmixup.rewards.alignment import alignment_from_embeddings
 from lmmixup.rewards.answer import extract_answer, reference_text
 from lmmixup.rewards.embedder import get_embedder
-from lmmixup.rewards.quality import KnnQuality, quality_from_expected
+from lmmixup.rewards.quality import build_quality_scorer, quality_from_expected
 from lmmixup.rewards.registry import RewardBatch, RewardConfig, register_reward
 from lmmixup.rewards.task_format import format_score
 
@@ -68,15 +68,7 @@ def build_alignment(cfg: RewardConfig):
 @register_reward("quality")
 def build_quality(cfg: RewardConfig):
     qcfg = cfg.quality
-    if qcfg.backend == "knn":
-        expected_fn = KnnQuality(qcfg, get_embedder(cfg.embedder)).expected
-    else:
-        from lmmixup.rewards.judge import load_judge
-
-        judge = load_judge(qcfg.judge)
-
-        def expected_fn(texts):
-            return torch.tensor(judge.judge_scores(texts))
+    expected_fn = build_quality_scorer(qcfg, cfg.embedder)  # reward.quality.backend
 
     def score(batch: RewardBatch):
         answers = _answers(batch)

@@ -1,59 +1,58 @@
-"""Quality reward Q: a kNN Bayesian scorer over a rated library (no LLM during RL).
+"""Quality reward Q: an expected score E in [0, 5] from a backend, mapped to Q (no LLM during RL).
 
-The library is a JSONL file of rows {"text": str, "score": int 0..5} (the mixture builder's
-`rated.jsonl`: originals 5, degraded variants lower). Legend for the shape comments:
+Backends (`reward.quality.backend`, the QUALITY_BACKENDS registry at the end of this file):
+    learned  (default) an ordinal model of the score trained on the rated library in seconds
+             (quality_model.py): sees typos, casing, filler, cuts; docs/LOG.md 2026-12-02
+    knn      the paper's kNN Bayesian scorer over the rated library, below: the faithful
+             reproduction and the ablation baseline. On MIXTURE it is nearly blind (same log)
+    judge    an LLM judge (judge.py)
+The rated library (rows {"text", "score" 0..5}) and its embedding cache: quality_library.py.
+Legend for the shape comments:
     N answers scored, L library rows, K neighbours (reward.quality.k), D embedding dim,
     S = 6 score values 0..5.
 
-Fitting (once, at start-up), leave-one-out inside the library:
+kNN fitting (once, at start-up), leave-one-out inside the library:
     for every row i, its K nearest other rows by cosine; C[s, j] counts "a row of score s has a
     neighbour of score j";  T[s, j] = (C[s, j] + alpha) / (sum_j' C[s, j'] + S*alpha)
     prior p(s) = (#rows with score s + alpha) / (L + S*alpha)
-Scoring an answer:
+kNN scoring of an answer:
     h[j] = how many of its K nearest library rows have score j         (histogram, sums to K)
     log posterior(s) = log p(s) + sum_j h[j] * log T[s, j]   (naive Bayes: neighbours independent)
     E = sum_s s * posterior(s)
+E -> Q, for every backend:
     step (paper):  Q = 1 if E >= high_threshold (4); mid_value (0.3) if mid_low <= E < mid_high;
                    else 0
     expected:      Q = E / 5
 "E is about 3" is our reading of the paper: the default mid band is [2.5, 4), i.e. everything
 from "rounds to 3" up to the full-marks threshold. The literal |E - 3| <= 0.5 band
 (mid_high=3.5) leaves E in (3.5, 4) at 0, below E = 3, which would reward getting worse.
-
-The library's embeddings are cached on disk under $LMMIXUP_CACHE/quality_library/, keyed by
-the SHA-256 of the library file and the embedder (its resolved path or hub name); written to a
-temporary file and renamed, so a crash never leaves a half-written cache.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, List, Mapping, Sequence, Tuple, Union
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, Sequence, Tuple
 
 import torch
 
-from lmmixup.data.jsonl import iter_jsonl, sha256_file
 from lmmixup.errors import LmmixupError, require
 from lmmixup.rewards.judge import JudgeConfig
+from lmmixup.rewards.quality_library import (  # noqa: F401  (re-exported: the library's API)
+    MAX_SCORE, NUM_SCORES, atomic_torch_save, library_cache_path, library_embeddings,
+    read_library, write_library)
+from lmmixup.rewards.quality_model import LearnedQualityConfig
 
-NUM_SCORES = 6  # S: scores 0..5
-MAX_SCORE = NUM_SCORES - 1
-QUALITY_BACKENDS = ("knn", "judge")
 QUALITY_MODES = ("step", "expected")
 
 
 @dataclass
 class QualityConfig:
-    backend: str = "knn"
-    """knn: kNN Bayesian scorer over the rated library (paper) | judge: an LLM judge"""
+    backend: str = "learned"
+    """learned: ordinal model fitted to the rated library | knn: the paper's kNN-Bayes | judge"""
     library: str = ""
-    """rated library JSONL ({"text", "score" 0..5} per line); required by the knn backend"""
+    """rated library JSONL ({"text", "score" 0..5} per line); required by learned and knn"""
     k: int = 16
     """neighbours per answer, and per library row when fitting T and p"""
     alpha: float = 1.0
@@ -70,12 +69,14 @@ class QualityConfig:
     """Q inside the mid band"""
     library_chunk: int = 1024
     """library rows per similarity block when fitting (bounds memory to chunk x L floats)"""
+    learned: LearnedQualityConfig = field(default_factory=LearnedQualityConfig)
+    """the ordinal model used when backend=learned"""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """the LLM judge used when backend=judge"""
 
     def validate(self) -> None:
-        require(self.backend in QUALITY_BACKENDS, "reward.quality.backend",
-                f"unknown backend {self.backend!r}; known: {', '.join(QUALITY_BACKENDS)}")
+        require(self.backend in QUALITY_BACKEND_NAMES, "reward.quality.backend",
+                f"unknown backend {self.backend!r}; known: {', '.join(QUALITY_BACKEND_NAMES)}")
         require(self.mode in QUALITY_MODES, "reward.quality.mode",
                 f"unknown mode {self.mode!r}; known: {', '.join(QUALITY_MODES)}")
         require(self.k > 0, "reward.quality.k", "must be > 0")
@@ -86,101 +87,13 @@ class QualityConfig:
                 f"{self.mid_low}, {self.mid_high}, {self.high_threshold}")
         require(0 <= self.mid_value <= 1, "reward.quality.mid_value", "must be in [0, 1]")
         require(self.library_chunk > 0, "reward.quality.library_chunk", "must be > 0")
+        self.learned.validate()
         self.judge.validate()
 
-
-# ---------------------------------------------------------------------------------------------
-# The rated library file
-
-
-def _is_score(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SCORE
-
-
-def read_library(path: Union[str, Path]) -> Tuple[List[str], torch.Tensor]:
-    """Rows of a rated library -> (texts (L,), scores (L,) long). Every malformed line is a
-    one-line LmmixupError naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise LmmixupError(f"reward.quality.library: no library file at {str(path)!r}")
-    texts, scores = [], []
-    for lineno, row in iter_jsonl(path):
-        if not isinstance(row.get("text"), str) or not row["text"].strip():
-            raise LmmixupError(f"{path}:{lineno}: a library row needs a non-empty \"text\"")
-        if not _is_score(row.get("score")):
-            raise LmmixupError(f"{path}:{lineno}: \"score\" must be an integer 0..5, "
-                               f"got {row.get('score')!r}")
-        texts.append(row["text"])
-        scores.append(row["score"])
-    if not texts:
-        raise LmmixupError(f"{path}: the rated library is empty")
-    return texts, torch.tensor(scores, dtype=torch.long)
-
-
-def write_library(path: Union[str, Path], rows: Iterable[Union[Tuple[str, int], Mapping]]) -> Path:
-    """Library builder: write (text, score) pairs or {"text", "score"} dicts as a rated JSONL,
-    checking each row the way `read_library` will. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i, row in enumerate(rows):
-        text, score = (row["text"], row["score"]) if isinstance(row, Mapping) else row
-        if not isinstance(text, str) or not text.strip() or not _is_score(score):
-            raise LmmixupError(f"write_library: row {i} needs non-empty text and an integer "
-                               f"score 0..5, got {(text, score)!r}")
-        lines.append(json.dumps({"text": text, "score": score}, ensure_ascii=False))
-    if not lines:
-        raise LmmixupError("write_library: no rows to write")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def library_cache_path(library: Path, embedder_key: str) -> Path:
-    """Where the embeddings of `library` under `embedder_key` are cached."""
-    from lmmixup.models import cache_dir
-
-    emb = hashlib.sha256(embedder_key.encode()).hexdigest()[:12]
-    return cache_dir() / "quality_library" / f"{sha256_file(library)[:24]}-{emb}.pt"
-
-
-def _atomic_torch_save(obj, final: Path) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=final.name + ".", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, final)  # atomic on POSIX: readers see the old file or the whole new one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def library_embeddings(library: Union[str, Path], texts: Sequence[str], embedder) -> torch.Tensor:
-    """(L,) library texts -> (L, D) unit vectors, from the disk cache or embedded once and cached.
-    A cached tensor of the wrong shape is an error (a stale cache, or another model saved at the
-    embedder's path), never silently used."""
-    library = Path(library)
-    cache = library_cache_path(library, embedder.cache_key)
-    if cache.exists():
-        try:
-            emb = torch.load(cache, map_location="cpu", weights_only=True)["embeddings"]
-        except Exception:  # unreadable (foreign file, torch version): rebuild it below
-            emb = None
-        if emb is not None:
-            if emb.dim() != 2 or emb.shape[1] != embedder.dim:
-                raise LmmixupError(
-                    f"{cache}: cached embeddings of {library} are {tuple(emb.shape)} but "
-                    f"embedder {embedder.name!r} gives {embedder.dim}-dim vectors (stale cache "
-                    f"or a different model at that path); delete the file to rebuild it")
-            if emb.shape[0] != len(texts):
-                raise LmmixupError(f"{cache}: holds {emb.shape[0]} rows but {library} has "
-                                   f"{len(texts)}; delete the file to rebuild it")
-            return emb.to(embedder.device)
-    emb = embedder.encode_many(list(texts))  # (L, D)
-    _atomic_torch_save({"embeddings": emb.cpu(), "embedder": embedder.cache_key,
-                        "library": str(library)}, cache)
-    return emb
+    @property
+    def needs_library(self) -> bool:
+        """True for the backends that learn from the rated library (all but the judge)."""
+        return self.backend != "judge"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,3 +194,53 @@ class KnnQuality:
             return torch.zeros(0)
         _, expected = knn_posterior(self.embedder.encode(answers), self.model)
         return expected.cpu()
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends by name: builder(quality config, embedder config) -> expected(texts) -> E (n,) in [0, 5]
+
+ExpectedFn = Callable[[Sequence[str]], torch.Tensor]
+
+
+def _build_learned(cfg: QualityConfig, embedder_cfg) -> ExpectedFn:
+    from lmmixup.rewards.embedder import get_embedder
+    from lmmixup.rewards.quality_model import LearnedQuality
+
+    return LearnedQuality(cfg.library, cfg.learned, get_embedder(embedder_cfg)).expected
+
+
+def _build_knn(cfg: QualityConfig, embedder_cfg) -> ExpectedFn:
+    from lmmixup.rewards.embedder import get_embedder
+
+    return KnnQuality(cfg, get_embedder(embedder_cfg)).expected
+
+
+def _build_judge(cfg: QualityConfig, embedder_cfg) -> ExpectedFn:
+    from lmmixup.rewards.judge import load_judge
+
+    judge = load_judge(cfg.judge)
+    return lambda texts: torch.tensor(judge.judge_scores(list(texts)), dtype=torch.float32)
+
+
+QUALITY_BACKENDS: Dict[str, Callable[[QualityConfig, object], ExpectedFn]] = {
+    "learned": _build_learned,
+    "knn": _build_knn,
+    "judge": _build_judge,
+}
+QUALITY_BACKEND_NAMES: Tuple[str, ...] = tuple(QUALITY_BACKENDS)
+
+
+_SCORERS: Dict[str, ExpectedFn] = {}
+
+
+def build_quality_scorer(cfg: QualityConfig, embedder_cfg) -> ExpectedFn:
+    """The configured backend's `expected(texts) -> E (n,)` on CPU. One per (quality config,
+    embedder config) per process, like `get_embedder`: the reward and the scorer CLI's
+    per-row dump share one fitted model."""
+    if cfg.needs_library and not cfg.library:
+        raise LmmixupError(f"reward.quality.library: the {cfg.backend} quality backend needs a "
+                           f"rated library JSONL ({{\"text\", \"score\"}} rows)")
+    key = json.dumps([asdict(cfg), asdict(embedder_cfg)], sort_keys=True, default=str)
+    if key not in _SCORERS:
+        _SCORERS[key] = QUALITY_BACKENDS[cfg.backend](cfg, embedder_cfg)
+    return _SCORERS[key]

@@ -103,7 +103,7 @@ class RewardConfig:
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     """settings of the `alignment` reward (answer vs reference cosine)"""
     quality: QualityConfig = field(default_factory=QualityConfig)
-    """settings of the `quality` reward (kNN over a rated library, or an LLM judge)"""
+    """settings of the `quality` reward (a model learned from a rated library, kNN, or a judge)"""
 
     def validate(self) -> None:
         require(len(self.weights) > 0, "reward.weights", "name at least one reward")
@@ -114,10 +114,10 @@ class RewardConfig:
         self.embedder.validate()
         self.alignment.validate()
         self.quality.validate()
-        if "quality" in self.weights and self.quality.backend == "knn":
+        if "quality" in self.weights and self.quality.needs_library:
             require(bool(self.quality.library), "reward.quality.library",
-                    "the knn quality reward needs a rated library JSONL ({\"text\", \"score\"} "
-                    "rows); set reward.quality.library=PATH")
+                    f"the {self.quality.backend} quality reward needs a rated library JSONL "
+                    "({\"text\", \"score\"} rows); set reward.quality.library=PATH")
 
 
 def build_rewards(cfg: RewardConfig) -> Dict[str, RewardFn]:
