@@ -50,7 +50,7 @@ from lmmixup.distill.longtail import long_tail_scores, rank_order
 from lmmixup.distill.mix import build_mix
 from lmmixup.distill.rate import build_rater, check_rater, embed_texts, load_embedder
 from lmmixup.distill.report import PLOTS, write_report
-from lmmixup.distill.state import RunState, check_out_folder, kill_point, run_sharded
+from lmmixup.distill.state import STAGES, RunState, check_out_folder, kill_point, run_sharded
 from lmmixup.errors import LmmixupError
 
 register_distill_configs()
@@ -165,6 +165,8 @@ def run(dcfg: DictConfig) -> None:
     def stage(name: str, files: List[str], body: Callable[[], Dict]) -> Dict:
         if state.done(name):
             return state.counts(name)
+        if name != STAGES[-1]:  # later stages read this one's files: they are redone too
+            state.invalidate_from(STAGES[STAGES.index(name) + 1])
         t0 = time.perf_counter()
         counts = body()
         kill_point(f"{name}:written")
