@@ -5,6 +5,9 @@ pairs (originals 5, word-shuffled 1, cut to a third 3), with the hashing embedde
 process has to load MiniLM. The tiny random model writes no <answer> block, so every
 distillation fails (and is kept with its reason) and the mix is made of originals: what these
 tests check is the plumbing, the files and their bytes, not the quality.
+
+Cost: the kill-in-every-stage test runs 11 processes (user CPU ~10 s each at most); on the
+shared machine of 2026-12-02 (load average ~18 on 2 cores) it took 14 minutes wall.
 """
 
 import hashlib
@@ -79,6 +82,7 @@ def finished(library, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # real distill.py subprocesses
 def test_end_to_end_on_real_sharegpt_rows_writes_every_stage_file(finished):
     assert set(digests(finished)) == set(STAGE_FILES)
     rated = [json.loads(line) for line in (finished / "rated.jsonl").read_text().splitlines()]
@@ -108,6 +112,7 @@ KILLS = ["normalize:written", "rate:shard0", "split:written", "cluster:written",
          "generate:shard0", "rerate:written", "longtail:written", "mix:written", "report:written"]
 
 
+@pytest.mark.slow  # real distill.py subprocesses
 def test_a_run_killed_in_every_stage_resumes_to_the_same_bytes(library, finished, tmp_path):
     out = tmp_path / "out"
     args = base_args(library, out)
@@ -134,6 +139,7 @@ def test_a_run_killed_in_every_stage_resumes_to_the_same_bytes(library, finished
         assert a == b, name
 
 
+@pytest.mark.slow  # real distill.py subprocesses
 def test_an_out_folder_with_a_different_config_is_refused_and_left_alone(library, finished, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(finished, out)
