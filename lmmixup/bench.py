@@ -1,6 +1,6 @@
 """Benchmarks: our rollout engine, log-probs and GRPO step against HF generate and TRL.
 
-    python -m lmmixup.bench [--json] [--only rollout,logprob,roofline,step] [--reps 3] [--steps 4]
+    python -m lmmixup.bench [--json] [--only rollout,logprob,roofline,step,distill] [--reps 3] [--steps 4]
 
 Prints a table, then one JSON line (always the last line; --json prints only that line) with
     rollout_speedup_vs_hf               tokens/s of rollout.engine=static / HF model.generate
@@ -55,7 +55,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-SECTIONS = ("rollout", "logprob", "roofline", "step")
+SECTIONS = ("rollout", "logprob", "roofline", "step", "distill")
 
 PROMPTS = [
     "Write a detailed essay about the history of the bicycle.",
@@ -422,6 +422,13 @@ def bench_step(steps: int, table: List) -> Dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def bench_distill(reps: int, table: List) -> Dict:
+    """distill.py's generation, clusters/s of ours vs HF generate (lmmixup/distill/bench.py)."""
+    from lmmixup.distill.bench import bench_distill as run
+
+    return run(reps, table)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m lmmixup.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
@@ -453,7 +460,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     runners = {"rollout": lambda: bench_rollout(args.reps, table),
                "logprob": lambda: bench_logprob(args.reps, table),
                "roofline": lambda: bench_roofline(args.reps, table),
-               "step": lambda: bench_step(args.steps, table)}
+               "step": lambda: bench_step(args.steps, table),
+               "distill": lambda: bench_distill(args.reps, table)}
     for name in SECTIONS:
         if name in only:
             done = len(table)

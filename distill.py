@@ -1,0 +1,362 @@
+"""Distil a real, imperfect instruction pool into a small high-quality training set.
+
+    python distill.py input=sharegpt:2000 out=runs/distill/sharegpt model.name_or_path=MODEL
+    python distill.py input=pool.jsonl out=DIR mix.size=1000 mix.distilled_fraction=0.3
+    python distill.py -m mix.distilled_fraction=0.3,0.5,0.7 'out=runs/distill/f${mix.distilled_fraction}'
+
+The paper's downstream pipeline (shared/PAPER.md, "Downstream use"), top to bottom. Each stage
+writes its files into `out` atomically and is skipped when they are complete (.work/state.json):
+  1. normalized.jsonl   one row per pool sample {id (content hash), source, instruction, input,
+                        output}; exact duplicates dropped and counted
+  2. rated.jsonl        every sample embedded and rated 0-5 by the configured quality scorer
+                        (or the LLM judge, rate.backend=judge), with the rater's detail
+  3. high.jsonl, low.jsonl   the split at rate.high_threshold
+  4. clusters.jsonl     the low-quality samples of each source in clusters of 2-5 (capacity-limited
+                        k-means); unclustered.jsonl names every sample left out and why
+  5. generated.jsonl    each cluster in training's prompt layout, distilled greedily in batches by
+                        the rollout engine; <answer> parsed into instruction/output, failures kept
+                        with their reason
+  6. rerated.jsonl      each distilled pair rated; kept when >= distill.keep_threshold
+  7. distilled.jsonl    plus the long-tail diversity score and the rank (quality, then long tail)
+  8. mix.jsonl          original high-quality rows + top distilled rows: exactly mix.size rows at
+                        mix.distilled_fraction, shuffled with the seed
+  9. report.json, report.md, *.png   counts, score and cluster-size histograms, failures, times
+Rating and generation run in shards with a done-list, so a kill at any moment loses at most one
+shard; the same input, config and seed give byte-identical files, resumed or not.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from functools import cached_property
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Sequence
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from lmmixup.cli import precheck_overrides, report_errors
+from lmmixup.config import to_typed_config
+from lmmixup.data.jsonl import atomic_open, atomic_write_jsonl, atomic_write_text, dumps_row, iter_jsonl
+from lmmixup.distill.cluster import cluster_by_source
+from lmmixup.distill.config import DistillConfig, register_distill_configs
+from lmmixup.distill.formats import check_input, iter_pool, pair_text, parse_input, sample_id
+from lmmixup.distill.generate import cluster_messages, distill_batch, parse_distilled
+from lmmixup.distill.longtail import long_tail_scores, rank_order
+from lmmixup.distill.mix import build_mix
+from lmmixup.distill.rate import build_rater, check_rater, embed_texts, load_embedder
+from lmmixup.distill.report import PLOTS, write_report
+from lmmixup.distill.state import STAGES, RunState, check_out_folder, kill_point, run_sharded
+from lmmixup.errors import LmmixupError
+
+register_distill_configs()
+
+
+class Parts:
+    """The heavy pieces, each loaded on first use: a resumed run that only has the mix left
+    never loads the distiller."""
+
+    def __init__(self, cfg: DistillConfig):
+        self.cfg = cfg
+
+    @cached_property
+    def embedder(self):
+        return load_embedder(self.cfg.rate.embedder)
+
+    @cached_property
+    def rater(self):
+        return build_rater(self.cfg.rate, self.embedder)
+
+    @cached_property
+    def distiller(self):
+        import torch
+
+        from lmmixup.models import load_model, load_tokenizer, stop_token_ids
+
+        cfg = self.cfg
+        device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                              else "cpu" if cfg.device == "auto" else cfg.device)
+        tokenizer = load_tokenizer(cfg.model)
+        model = load_model(cfg.model, tokenizer).to(device).eval()
+        return model, tokenizer, stop_token_ids(tokenizer, model), device
+
+
+def chunks(items: Iterable, size: int) -> Iterator[List]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def concat_shards(paths: Sequence[Path], out: Path) -> int:
+    """Shard files -> one file, streamed, atomically; returns the row count."""
+    n = 0
+    with atomic_open(out, "w") as f:
+        for path in paths:
+            for _, row in iter_jsonl(path):
+                f.write(dumps_row(row) + "\n")
+                n += 1
+    return n
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_open(path, "wb") as f:
+        np.save(f, array)
+
+
+def rate_sharded(parts: Parts, folder: Path, rows: Iterable[Dict], total: int,
+                 rated: Callable[[Dict], bool], desc: str) -> List[Path]:
+    """Embed and rate rows in fixed shards: each shard_NNNNN.jsonl holds the rows with "score"
+    and "rater" added (None for rows where rated(row) is False), emb_NNNNN.npy the embeddings
+    of the rated rows, in order."""
+    import torch
+
+    cfg = parts.cfg.rate
+
+    def work(j: int, batch: List[Dict]) -> List[Dict]:
+        idx = [i for i, r in enumerate(batch) if rated(r)]
+        texts = [pair_text(batch[i]) for i in idx]
+        embs, scores, details = [], [], []
+        for s in range(0, len(texts), cfg.batch_size):
+            emb = embed_texts(parts.embedder, texts[s:s + cfg.batch_size])  # (b, D)
+            ratings = parts.rater(texts[s:s + cfg.batch_size], torch.from_numpy(emb))
+            embs.append(emb)
+            scores += ratings.scores
+            details += ratings.details
+        dim = parts.embedder.dim
+        save_npy(folder / f"emb_{j:05d}.npy",
+                 np.concatenate(embs) if embs else np.zeros((0, dim), dtype=np.float32))
+        out = [dict(r, score=None, rater=None) for r in batch]
+        for i, score, detail in zip(idx, scores, details):
+            out[i].update(score=score, rater=detail)
+        return out
+
+    # one shard of rows in memory at a time, never the whole pool
+    return run_sharded(folder, chunks(rows, cfg.shard_size), total, work, desc,
+                       parts.cfg.progress, desc)
+
+
+def shard_embeddings(paths: Sequence[Path]) -> np.ndarray:
+    return np.concatenate([np.load(p.with_name(p.name.replace("shard_", "emb_").replace(".jsonl", ".npy")))
+                           for p in paths])
+
+
+def run(dcfg: DictConfig) -> None:
+    cfg: DistillConfig = to_typed_config(dcfg)
+    config = OmegaConf.to_container(dcfg, resolve=True)
+    out = Path(cfg.out)
+    work = out / ".work"
+    # Every check that can fail on the user's input runs before anything is written.
+    spec = parse_input(cfg.input)
+    check_input(spec)
+    check_rater(cfg.rate)
+    check_model(cfg)
+    state = RunState(out)
+    check_out_folder(out, config, state)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in list(out.glob(".*.tmp")) + list(work.rglob(".*.tmp")):  # left by a kill
+        stale.unlink()
+    atomic_write_text(out / "config.json", json.dumps(config, indent=1, sort_keys=True) + "\n")
+    parts = Parts(cfg)
+
+    def stage(name: str, files: List[str], body: Callable[[], Dict]) -> Dict:
+        if state.done(name):
+            return state.counts(name)
+        if name != STAGES[-1]:  # later stages read this one's files: they are redone too
+            state.invalidate_from(STAGES[STAGES.index(name) + 1])
+        t0 = time.perf_counter()
+        counts = body()
+        kill_point(f"{name}:written")
+        state.mark(name, files, time.perf_counter() - t0, counts)
+        return counts
+
+    # 1. Normalise: one row per sample, a content-hash id, exact duplicates dropped.
+    def normalize() -> Dict:
+        seen, read, skipped = set(), 0, []
+        with atomic_open(out / "normalized.jsonl") as f:
+            for row in iter_pool(spec, cfg.pool, skipped):
+                read += 1
+                sid = sample_id(row.instruction, row.input, row.output)
+                if sid in seen:
+                    continue
+                seen.add(sid)
+                f.write(dumps_row({"id": sid, "source": row.source, "instruction": row.instruction,
+                                   "input": row.input, "output": row.output, "where": row.where}) + "\n")
+            if not seen:
+                raise LmmixupError(f"input: {cfg.input}: the pool is empty"
+                                   + (f" ({len(skipped)} rows without text skipped)" if skipped else ""))
+            if len(seen) < cfg.cluster.size_min:
+                raise LmmixupError(f"input: {cfg.input}: the pool has {len(seen)} distinct "
+                                   f"sample(s), fewer than one cluster (cluster.size_min="
+                                   f"{cfg.cluster.size_min})")
+        return {"read": read, "duplicates": read - len(seen), "skipped_empty": len(skipped),
+                "samples": len(seen)}
+
+    n_samples = stage("normalize", ["normalized.jsonl"], normalize)["samples"]
+
+    # 2. Rate every sample 0-5 (embeddings kept for clustering).
+    def rate() -> Dict:
+        paths = rate_sharded(parts, work / "rate", (r for _, r in iter_jsonl(out / "normalized.jsonl")),
+                             n_samples, lambda r: True, "rate")
+        concat_shards(paths, out / "rated.jsonl")
+        save_npy(work / "embeddings.npy", shard_embeddings(paths))
+        return {"rated": n_samples}
+
+    stage("rate", ["rated.jsonl", ".work/embeddings.npy"], rate)
+
+    # 3. Split at rate.high_threshold.
+    def split() -> Dict:
+        n = {"high": 0, "low": 0}
+        with atomic_open(out / "high.jsonl") as high, atomic_open(out / "low.jsonl") as low:
+            for _, row in iter_jsonl(out / "rated.jsonl"):
+                part = "high" if row["score"] >= cfg.rate.high_threshold else "low"
+                (high if part == "high" else low).write(dumps_row(row) + "\n")
+                n[part] += 1
+        return n
+
+    split_counts = stage("split", ["high.jsonl", "low.jsonl"], split)
+    if split_counts["low"] == 0:
+        print("distill: no sample is below rate.high_threshold; nothing to distil", file=sys.stderr)
+
+    # 4. Cluster the low-quality samples per source (capacity-limited k-means).
+    def cluster() -> Dict:
+        low_index, ids, sources = [], [], []
+        for i, (_, row) in enumerate(iter_jsonl(out / "rated.jsonl")):
+            if row["score"] < cfg.rate.high_threshold:
+                low_index.append(i)
+                ids.append(row["id"])
+                sources.append(row["source"])
+        emb = np.load(work / "embeddings.npy", mmap_mode="r")
+        groups, left = cluster_by_source(sources, np.asarray(emb[low_index]), cfg.cluster, cfg.seed)
+        per_source: Dict[str, int] = {}
+        rows = []
+        for source, members in groups:
+            per_source[source] = per_source.get(source, 0) + 1
+            rows.append({"id": f"{source}-{per_source[source] - 1:05d}", "source": source,
+                         "member_ids": [ids[i] for i in members]})
+        atomic_write_jsonl(out / "clusters.jsonl", rows)
+        atomic_write_jsonl(out / "unclustered.jsonl",
+                           [{"id": ids[i], "source": sources[i], "reason": reason} for i, reason in left])
+        sizes = [len(r["member_ids"]) for r in rows]
+        return {"clusters": len(rows), "clustered": sum(sizes), "unclustered": len(left),
+                "sizes": {str(s): sizes.count(s) for s in sorted(set(sizes))}}
+
+    stage("cluster", ["clusters.jsonl", "unclustered.jsonl"], cluster)
+
+    # 5. Distil each cluster: training's prompt layout, greedy, the rollout engine.
+    def generate() -> Dict:
+        clusters = [r for _, r in iter_jsonl(out / "clusters.jsonl")]
+        members = {r["id"]: r for _, r in iter_jsonl(out / "low.jsonl")}
+        prompts = [cluster_messages([members[m] for m in c["member_ids"]], cfg.distill.member_chars)
+                   for c in clusters]
+        # shards of similar prompt length: less padding; fixed by the input, so resume-safe
+        order = sorted(range(len(clusters)), key=lambda i: len(json.dumps(prompts[i])))
+        batches = list(chunks(order, cfg.distill.batch_size))
+
+        def work_batch(j: int, batch: List[int]) -> List[Dict]:
+            model, tokenizer, stop_ids, device = parts.distiller
+            gens = distill_batch(model, tokenizer, [prompts[i] for i in batch], cfg.distill,
+                                 stop_ids, device)
+            rows = []
+            for i, gen in zip(batch, gens):
+                c = clusters[i]
+                if gen.prompt_tokens > cfg.distill.max_prompt_tokens:
+                    ok, reason, instruction, output = False, "prompt_too_long", "", ""
+                else:
+                    ok, reason, instruction, output = parse_distilled(gen.completion, gen.truncated)
+                rows.append({"cluster_id": c["id"], "source": c["source"],
+                             "member_ids": c["member_ids"], "ok": ok, "reason": reason,
+                             "instruction": instruction, "input": "", "output": output,
+                             "completion": gen.completion, "truncated": gen.truncated,
+                             "completion_tokens": gen.tokens, "prompt_tokens": gen.prompt_tokens})
+            return rows
+
+        paths = run_sharded(work / "generate", batches, len(clusters), work_batch, "distill",
+                            cfg.progress, "generate")
+        by_id = {r["cluster_id"]: r for p in paths for _, r in iter_jsonl(p)}
+        atomic_write_jsonl(out / "generated.jsonl", (by_id[c["id"]] for c in clusters))
+        rows = list(by_id.values())
+        reasons = [r["reason"] for r in rows if not r["ok"]]
+        return {"generated": len(rows), "ok": len(rows) - len(reasons),
+                "failures": {k: reasons.count(k) for k in sorted(set(reasons))}}
+
+    stage("generate", ["generated.jsonl"], generate)
+
+    # 6. Re-rate each distilled pair; keep those >= distill.keep_threshold.
+    def rerate() -> Dict:
+        n = sum(1 for _ in iter_jsonl(out / "generated.jsonl"))
+        paths = rate_sharded(parts, work / "rerate", (r for _, r in iter_jsonl(out / "generated.jsonl")),
+                             n, lambda r: r["ok"], "rerate")
+        rows = 0
+        with atomic_open(out / "rerated.jsonl") as f:
+            for path in paths:
+                for _, row in iter_jsonl(path):
+                    row["kept"] = row["ok"] and row["score"] >= cfg.distill.keep_threshold
+                    rows += row["kept"]
+                    f.write(dumps_row(row) + "\n")
+        save_npy(work / "rerated_emb.npy", shard_embeddings(paths))
+        return {"kept": rows}
+
+    stage("rerate", ["rerated.jsonl", ".work/rerated_emb.npy"], rerate)
+
+    # 7. Long-tail score of the kept pairs, and their rank.
+    def longtail() -> Dict:
+        rows = [r for _, r in iter_jsonl(out / "rerated.jsonl")]
+        emb = np.load(work / "rerated_emb.npy")  # one row per ok pair, in order
+        ok = [i for i, r in enumerate(rows) if r["ok"]]
+        kept = [i for i in ok if rows[i]["kept"]]
+        kept_emb = emb[[ok.index(i) for i in kept]] if kept else emb[:0]
+        tail = long_tail_scores(kept_emb, cfg.longtail.k, cfg.longtail.chunk_size)  # (kept,)
+        order = rank_order([rows[i]["score"] for i in kept], tail.tolist(),
+                           [rows[i]["cluster_id"] for i in kept])
+        for r in rows:
+            r.update(long_tail=None, rank=None)
+        for rank, j in enumerate(order, start=1):
+            rows[kept[j]].update(long_tail=round(float(tail[j]), 4), rank=rank)
+        atomic_write_jsonl(out / "distilled.jsonl", rows)
+        return {"ranked": len(kept)}
+
+    stage("longtail", ["distilled.jsonl"], longtail)
+
+    # 8. The mix: exactly mix.size rows at mix.distilled_fraction.
+    def mix() -> Dict:
+        originals = sorted((r for _, r in iter_jsonl(out / "high.jsonl")),
+                           key=lambda r: (-r["score"], r["id"]))
+        distilled = sorted((r for _, r in iter_jsonl(out / "distilled.jsonl") if r["kept"]),
+                           key=lambda r: r["rank"])
+        rows = build_mix(originals, distilled, cfg.mix, cfg.seed)
+        atomic_write_jsonl(out / "mix.jsonl", rows)
+        origins = [r["origin"] for r in rows]
+        return {"rows": len(rows), "original": origins.count("original"),
+                "distilled": origins.count("distilled")}
+
+    stage("mix", ["mix.jsonl"], mix)
+
+    # 9. The report.
+    stage("report", ["report.json", "report.md", *PLOTS], lambda: write_report(out, state, cfg))
+    mixed = state.counts("mix")
+    print(f"distill: {out}/mix.jsonl: {mixed['rows']} rows ({mixed['original']} original, "
+          f"{mixed['distilled']} distilled); report: {out}/report.md", file=sys.stderr)
+
+
+def check_model(cfg: DistillConfig) -> None:
+    """A model folder that does not exist fails now, not after rating the pool."""
+    from lmmixup.models import EMBEDDED_PREFIX, resolve_path
+
+    name = cfg.model.name_or_path
+    if name != "tiny" and not name.startswith(EMBEDDED_PREFIX):
+        resolve_path(name)
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="distill")
+def main(dcfg: DictConfig) -> None:
+    report_errors(lambda: run(dcfg))
+
+
+if __name__ == "__main__":
+    precheck_overrides(sys.argv[1:], Path(__file__).parent / "conf", "distill",
+                       register_distill_configs)
+    main()

@@ -1,0 +1,207 @@
+"""distill.py as a user runs it: real subprocesses on real ShareGPT rows with the tiny model.
+
+The rater is the real kNN quality scorer over a small rated library written from real ShareGPT
+pairs (originals 5, word-shuffled 1, cut to a third 3), with the hashing embedder so that no
+process has to load MiniLM. The tiny random model writes no <answer> block, so every
+distillation fails (and is kept with its reason) and the mix is made of originals: what these
+tests check is the plumbing, the files and their bytes, not the quality.
+
+Cost: the kill-in-every-stage test runs 11 processes (user CPU ~10 s each at most); on the
+shared machine of 2026-12-02 (load average ~18 on 2 cores) it took 14 minutes wall.
+"""
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmmixup.errors import LmmixupError
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGE_FILES = ("normalized.jsonl", "rated.jsonl", "high.jsonl", "low.jsonl", "clusters.jsonl",
+               "unclustered.jsonl", "generated.jsonl", "rerated.jsonl", "distilled.jsonl",
+               "mix.jsonl", "scores.png", "cluster_sizes.png", "failures.png")
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    from lmmixup.distill.formats import pair_text, sharegpt_rows
+
+    rng = random.Random(0)
+    rows = []
+    for _, r in zip(range(30), sharegpt_rows(30)):
+        text = pair_text({"instruction": r.instruction, "input": "", "output": r.output})[:600]
+        words = text.split()
+        rng.shuffle(words)
+        rows += [{"text": text, "score": 5}, {"text": " ".join(words[:40]), "score": 1},
+                 {"text": text[: len(text) // 3], "score": 3}]
+    path = tmp_path_factory.mktemp("lib") / "rated.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def base_args(library, out):
+    return [f"out={out}", "input=sharegpt:24", "model=tiny", f"rate.quality.library={library}",
+            "rate.embedder.name=hash", "rate.high_threshold=3.0", "rate.shard_size=10",
+            "distill.batch_size=3", "distill.max_new_tokens=6", "distill.member_chars=60",
+            "model.tiny.hidden_size=16", "model.tiny.intermediate_size=32",
+            "mix.size=6", "mix.distilled_fraction=0", "progress=false"]
+
+
+def distill(args, kill=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("LMMIXUP_DISTILL_KILL", None)
+    if kill:
+        env["LMMIXUP_DISTILL_KILL"] = kill
+    return subprocess.run([sys.executable, str(ROOT / "distill.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def digests(folder):
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            for name in STAGE_FILES if (folder / name).exists()}
+
+
+def tree(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(library, tmp_path_factory):
+    """One uninterrupted run: the reference every other run is compared with."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    proc = distill(base_args(library, out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.mark.slow  # real distill.py subprocesses
+def test_end_to_end_on_real_sharegpt_rows_writes_every_stage_file(finished):
+    assert set(digests(finished)) == set(STAGE_FILES)
+    rated = [json.loads(line) for line in (finished / "rated.jsonl").read_text().splitlines()]
+    assert len(rated) == 24 and {"id", "source", "instruction", "input", "output", "score",
+                                 "rater"} <= set(rated[0])
+    assert all(0 <= r["score"] <= 5 and len(r["rater"]["posterior"]) == 6 for r in rated)
+    low = [r for r in rated if r["score"] < 3.0]
+    clusters = [json.loads(line) for line in (finished / "clusters.jsonl").read_text().splitlines()]
+    left = [json.loads(line) for line in (finished / "unclustered.jsonl").read_text().splitlines()]
+    members = [m for c in clusters for m in c["member_ids"]] + [r["id"] for r in left]
+    assert sorted(members) == sorted(r["id"] for r in low)  # each low sample exactly once
+    assert all(2 <= len(c["member_ids"]) <= 5 and set(c) == {"id", "source", "member_ids"}
+               for c in clusters)
+    distilled = [json.loads(line) for line in (finished / "distilled.jsonl").read_text().splitlines()]
+    assert [d["cluster_id"] for d in distilled] == [c["id"] for c in clusters]
+    assert all(not d["ok"] and d["reason"] in ("no_answer", "truncated") and d["score"] is None
+               and d["long_tail"] is None for d in distilled)  # the random model: kept, with reasons
+    mix = [json.loads(line) for line in (finished / "mix.jsonl").read_text().splitlines()]
+    assert len(mix) == 6 and all(m["origin"] == "original" and m["score"] >= 3.0 for m in mix)
+    report = json.loads((finished / "report.json").read_text())
+    assert report["counts"]["normalize"]["samples"] == 24
+    assert sum(report["failures"].values()) == len(clusters)
+    assert set(report["seconds"]) >= {"normalize", "rate", "generate", "mix"}
+
+
+KILLS = ["normalize:written", "rate:shard0", "split:written", "cluster:written",
+         "generate:shard0", "rerate:written", "longtail:written", "mix:written", "report:written"]
+
+
+@pytest.mark.slow  # real distill.py subprocesses
+def test_a_run_killed_in_every_stage_resumes_to_the_same_bytes(library, finished, tmp_path):
+    out = tmp_path / "out"
+    args = base_args(library, out)
+    for point in KILLS:  # each run resumes the one before and is killed one stage further on
+        proc = distill(args, kill=point)
+        assert proc.returncode == -9, (point, proc.stderr[-2000:])
+        if point == "longtail:written":
+            # the pool cannot fill a bigger mix: one line, exit 2, no mix.jsonl; then the
+            # mix key may change, since the mix stage never completed
+            big = distill([a if not a.startswith("mix.size=") else "mix.size=1000" for a in args])
+            assert big.returncode == 2 and not (out / "mix.jsonl").exists()
+            assert big.stderr.startswith("error: mix.size: 1000 rows at mix.distilled_fraction=0.0 "
+                                         "cannot be filled; original high-quality rows: need 1000,")
+            assert len(big.stderr.strip().splitlines()) == 1
+    proc = distill(args)
+    assert proc.returncode == 0, proc.stderr
+    assert digests(out) == digests(finished)
+    for name in ("report.json", "report.md"):  # identical apart from the seconds per stage
+        a, b = ((d / name).read_text() for d in (out, finished))
+        if name == "report.json":
+            a, b = (dict(json.loads(t), seconds=None) for t in (a, b))
+        else:
+            a, b = ("\n".join(l for l in t.splitlines() if not l.startswith("| ")) for t in (a, b))
+        assert a == b, name
+
+
+@pytest.mark.slow  # real distill.py subprocesses
+def test_an_out_folder_with_a_different_config_is_refused_and_left_alone(library, finished, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    before = tree(out)
+    with pytest.raises(LmmixupError) as e:
+        run_in_process(library, out, ["cluster.size_max=4", "seed=3"])
+    assert str(e.value) == (f"out: {out} holds a run made with a different config: "
+                            "cluster.size_max (5 -> 4), seed (0 -> 3); use another out folder")
+    assert tree(out) == before
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["mix.sise=3"], "error: mix.sise: Key 'sise' not in 'MixConfig'"),
+    (["mix.size=many"], "error: mix.size: Value 'many' of type 'str' could not be converted to Integer"),
+])
+def test_config_typos_and_wrong_types_give_one_line(library, tmp_path, capsys, extra, message):
+    from lmmixup.cli import precheck_overrides
+    from lmmixup.distill.config import register_distill_configs
+
+    with pytest.raises(SystemExit) as e:
+        precheck_overrides(base_args(library, tmp_path / "new") + extra, ROOT / "conf", "distill",
+                           register_distill_configs)
+    assert (e.value.code, capsys.readouterr().err) == (2, message + "\n")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_model_path_that_does_not_exist_fails_before_anything_is_written(library, tmp_path):
+    with pytest.raises(LmmixupError) as e:
+        run_in_process(library, tmp_path / "new", ["model.name_or_path=/nonexistent/model"])
+    assert str(e.value) == "model.name_or_path: no model folder at '/nonexistent/model'"
+    assert not (tmp_path / "new").exists()
+
+
+def run_in_process(library, out, extra):
+    """distill.run on a composed config, as the CLI calls it (for the bad pools: no subprocess)."""
+    from hydra import compose, initialize_config_dir
+
+    import distill as script
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("distill", overrides=base_args(library, out) + extra)
+    script.run(cfg)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "input: {p}: the pool is empty"),
+    ('{"text": "a"}\n', "{p}:1: not a known pool format (keys: text); expected one of "
+     "instruction: instruction/output; prompt: prompt/completion; messages: messages; "
+     "conversations: conversations"),
+    ('{"prompt": "Hi", "completion": ""}\n',
+     "{p}:1: row has no text (empty output); fix the row or set pool.skip_empty=true"),
+    ('{"prompt": "Hi", "completion": "Hello"}\n',
+     "input: {p}: the pool has 1 distinct sample(s), fewer than one cluster (cluster.size_min=2)"),
+    ('{"prompt": "Hi", "completion": "Hello"}\n{"prompt": "Bye", "compl',
+     "{p}:2: truncated final line (invalid JSON at column 19 and no closing newline); was the "
+     "file cut off?"),
+])
+def test_bad_pools_give_one_line_and_leave_no_stage_file(library, tmp_path, content, message):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(content)
+    out = tmp_path / "out"
+    with pytest.raises(LmmixupError) as e:
+        run_in_process(library, out, [f"input={pool}"])
+    assert str(e.value) == message.format(p=pool)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]  # no stage file, no temp file
