@@ -48,7 +48,7 @@ def library(tmp_path_factory):
 
 def base_args(library, out):
     return [f"out={out}", "input=sharegpt:24", "model=tiny", f"rate.quality.library={library}",
-            "rate.embedder.name=hash", "rate.high_threshold=3.0", "rate.shard_size=10",
+            "rate.embedder.name=hash", "rate.quality.backend=knn", "rate.high_threshold=3.0", "rate.shard_size=10",
             "distill.batch_size=3", "distill.max_new_tokens=6", "distill.member_chars=60",
             "model.tiny.hidden_size=16", "model.tiny.intermediate_size=32",
             "mix.size=6", "mix.distilled_fraction=0", "progress=false"]

@@ -4,7 +4,7 @@ The rater is the quality reward's *continuous* estimate, not its binary reward: 
 backend the expected score E = sum_s s * posterior(s) over its rated library (quality.py), for
 the judge the expected digit under the LLM judge rubric (judge.py). Both are in [0, 5]. The
 rater is chosen by `rate.backend`:
-    quality   whatever `rate.quality` configures (rate.quality.backend: knn by default)
+    quality   whatever `rate.quality` configures (rate.quality.backend: learned by default)
     judge     the LLM judge rubric with `rate.quality.judge` (its model, batch size, ...)
 `RATERS` maps a quality backend to a function that builds the rater; a new quality backend
 adds one entry here.
@@ -32,7 +32,7 @@ RATE_BACKENDS = ("quality", "judge")
 @dataclass
 class RateConfig:
     backend: str = "quality"
-    """quality: the scorer rate.quality configures (knn over a rated library by default) |
+    """quality: the scorer rate.quality configures (the learned scorer over a rated library by default) |
     judge: the LLM judge rubric (rate.quality.judge)"""
     high_threshold: float = 4.0
     """samples rated at or above this are high quality (kept as they are); the rest are distilled"""
@@ -98,6 +98,21 @@ def _knn_rater(cfg: RateConfig, embedder) -> Rater:
     return rate
 
 
+def _learned_rater(cfg: RateConfig, embedder) -> Rater:
+    from lmmixup.rewards.quality_model import LearnedQuality, expected_score
+
+    scorer = LearnedQuality(cfg.quality.library, cfg.quality.learned, embedder)  # loads or fits
+
+    def rate(texts: Sequence[str], emb: torch.Tensor) -> Ratings:
+        # The stage embedded every sample once already: reuse those vectors for the features.
+        features = scorer._features(list(texts), emb.cpu() if scorer.cfg.embedding else None)
+        expected = expected_score(features, scorer.model)  # (n,) in (0, 5)
+        return Ratings([round(float(e), 4) for e in expected],
+                       [{"backend": "learned"} for _ in texts])
+
+    return rate
+
+
 def _judge_rater(cfg: RateConfig, embedder) -> Rater:
     from lmmixup.rewards.judge import load_judge
 
@@ -111,6 +126,7 @@ def _judge_rater(cfg: RateConfig, embedder) -> Rater:
 
 
 RATERS: Dict[str, Callable[[RateConfig, object], Rater]] = {
+    "learned": _learned_rater,
     "knn": _knn_rater,
     "judge": _judge_rater,
 }
@@ -127,11 +143,11 @@ def build_rater(cfg: RateConfig, embedder) -> Rater:
 def check_rater(cfg: RateConfig) -> None:
     """Start-up check (before anything is written): the kNN rater's library exists."""
     backend = "judge" if cfg.backend == "judge" else cfg.quality.backend
-    if backend == "knn":
+    if backend in ("knn", "learned"):
         from pathlib import Path
 
         require(bool(cfg.quality.library), "rate.quality.library",
-                "the knn rater needs a rated library JSONL, e.g. a MIXTURE rated.jsonl")
+                f"the {backend} rater needs a rated library JSONL, e.g. a MIXTURE rated.jsonl")
         require(Path(cfg.quality.library).is_file(), "rate.quality.library",
                 f"no library file at {cfg.quality.library!r}; build one with `python -m "
                 "lmmixup.data.build_mixture out=data/mixture` or point rate.quality.library "
