@@ -55,7 +55,12 @@ def apply_lora(model, cfg: LoraConfig):
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=list(cfg.target_modules), bias="none",
                               task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_cfg)
+    wrapped = get_peft_model(model, peft_cfg)
+    if getattr(model, "is_gradient_checkpointing", False):
+        # The frozen embeddings' output does not require grad, so checkpointed blocks would
+        # pass no gradient to the adapters; this hook makes the embedding output require it.
+        wrapped.enable_input_require_grads()
+    return wrapped
 
 
 def is_lora(model) -> bool:
