@@ -87,9 +87,11 @@ def results_markdown(rows: List[Row], deltas: List[Delta], limit, notes: Dict[st
     lines = ["# Does distillation pay off?", "",
              f"Score per set and benchmark with its 95% bootstrap CI; eval.limit={limit} "
              f"(n = {', '.join(map(str, n_values))} examples per benchmark).", "",
-             f"**CI width at this eval.limit:** the median 95% CI is +/-{np.median(half):.3f} "
-             f"(widest +/-{max(half):.3f}). A difference smaller than that is noise; read the "
-             "paired deltas below, not the gap between two rows.", "",
+             f"**CI width at this eval.limit:** {worst_case_note(min(n_values))} Measured "
+             f"here: the median 95% CI is +/-{np.median(half):.3f} (widest +/-{max(half):.3f}; "
+             "a score of 0 or 1 on every example gives a zero-width bootstrap CI, which is not "
+             "certainty). A difference inside that is noise: read the paired deltas below, not "
+             "the gap between two rows.", "",
              "| set | rows | steps | " + " | ".join(benches) + " |",
              "|---|---|---|" + "---|" * len(benches)]
     for s in sets:
@@ -115,6 +117,12 @@ def results_markdown(rows: List[Row], deltas: List[Delta], limit, notes: Dict[st
     for b in benches:
         lines.append(f"- `{b}`: {BENCHMARKS[b].setting}")
     return "\n".join(lines) + "\n"
+
+
+def worst_case_note(n: int) -> str:
+    """The widest 95% CI a 0/1 score can have at n examples: p = 0.5, +/-1.96 sqrt(0.25 / n)."""
+    return (f"with n = {n}, an accuracy near 0.5 carries a 95% CI of about "
+            f"+/-{1.96 * (0.25 / n) ** 0.5:.3f} (1.96 sqrt(0.25/n)).")
 
 
 def _interval(d: Delta):
