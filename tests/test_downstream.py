@@ -143,6 +143,12 @@ def test_smoke_run_writes_results_then_resume_skips_everything(distilled, tmp_pa
     assert "$ " not in second.stderr  # no train.py was started
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert json.loads((out / "results.json").read_text()) == results
+    # The same out= with another fine-tuning budget: refused, not silently reused.
+    third = downstream("experiment=smoke", f"distilled={distilled}", f"out={out}", "train.steps=3")
+    assert (third.returncode, third.stderr.strip().splitlines()) == (2, [
+        f"error: out={out}: set 'full' was trained with other arguments (steps=2, steps=3); "
+        f"use another out= or delete {out / 'train' / 'full'}"])
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
 def test_lora_sft_with_gradient_checkpointing_moves_only_the_adapter(tiny_tokenizer):
