@@ -91,6 +91,9 @@ def train_set(cfg: DownstreamConfig, name: str, data: Path, steps: int, run_dir:
     print(f"$ {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     if subprocess.run(cmd, cwd=ROOT).returncode != 0:
         raise LmmixupError(f"fine-tuning set {name!r} failed; its log is {run_dir / 'train.log'}")
+    if not (run_dir / "model" / "config.json").exists():  # stopped by SIGTERM/SIGINT: exit 0
+        raise LmmixupError(f"fine-tuning set {name!r} stopped before its last step (checkpoint "
+                           f"saved in {run_dir}); rerun the same command to resume")
     atomic_write_text(record, json.dumps(args, indent=1))
     return f"trained ({steps} steps)"
 
