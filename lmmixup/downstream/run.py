@@ -139,6 +139,23 @@ def score_set(cfg: DownstreamConfig, name: str, model_dir: Path, out: Path) -> D
     return {b: done[b] for b in cfg.benchmarks}
 
 
+def rows_within_length(cfg: DownstreamConfig, sets) -> Dict[str, int]:
+    """Rows of each set that train.py's SFT keeps (prompt + target <= train.max_seq_len),
+    counted with the same encoder and the base model's tokenizer."""
+    from lmmixup.models import load_tokenizer
+    from lmmixup.sft import encode_rows
+
+    tokenizer = load_tokenizer(cfg.model)
+    counts = {}
+    for name, ts in sets.items():
+        examples, _ = encode_rows(tokenizer, ts.rows, cfg.train.max_seq_len, name)
+        if not examples:
+            raise LmmixupError(f"set {name!r}: every row is longer than "
+                               f"train.max_seq_len={cfg.train.max_seq_len}")
+        counts[name] = len(examples)
+    return counts
+
+
 def run(cfg: DownstreamConfig) -> Path:
     out = Path(cfg.out)
     check_benchmarks(cfg.benchmarks)
@@ -148,10 +165,13 @@ def run(cfg: DownstreamConfig) -> Path:
 
         resolve_path(cfg.model.name_or_path)  # a missing local folder fails now, not per set
     notes, steps = {}, {}
+    trainable = rows_within_length(cfg, sets)
     for name, ts in sets.items():
         write_set(ts, out / "sets" / f"{name}.jsonl")
-        steps[name] = set_steps(cfg, len(ts.rows))
-        notes[name + ":rows"] = str(len(ts.rows))
+        # train.py skips rows over sft.max_seq_len; an epoch is a pass over the rest
+        steps[name] = set_steps(cfg, trainable[name])
+        notes[name + ":rows"] = (str(len(ts.rows)) if trainable[name] == len(ts.rows) else
+                                 f"{len(ts.rows)} ({trainable[name]} fit train.max_seq_len)")
         capped = cfg.train.max_steps and steps[name] == cfg.train.max_steps and cfg.train.budget == "epochs"
         notes[name] = "; ".join(x for x in (ts.note, "steps capped by train.max_steps" if capped else "") if x)
     for name in sets:
