@@ -53,7 +53,7 @@ def test_sets_sizes_and_rows(distilled):
     # scores i % 6 >= 4 at i = 4, 5, 10, 11: exactly |mix| = 4 rows, all of them
     assert [r["prompt"].split("?")[0] for r in sets["high"].rows] == [
         "What is 4 plus 4", "What is 5 plus 5", "What is 10 plus 10", "What is 11 plus 11"]
-    assert sets["high"].note == ""
+    assert sets["high"].note == "score >= 4"
     assert sets["mix"].note == "2 original + 2 distilled"
     # instruction + input -> prompt (input after a blank line), output -> target
     assert sets["full"].rows[0] == {"prompt": "What is 0 plus 0?\n\nShow the sum.",
@@ -70,7 +70,17 @@ def test_sets_sizes_and_rows(distilled):
 def test_high_smaller_than_mix_takes_all_and_says_so(distilled):
     high = build_sets(distilled, ["high"], high_threshold=5, seed=0)["high"]  # i = 5, 11
     assert len(high.rows) == 2
-    assert high.note == "all 2 high-quality rows (fewer than |mix| = 4)"
+    assert high.note == "all 2 high-quality rows, score >= 5 (fewer than |mix| = 4)"
+
+
+def test_high_threshold_defaults_to_the_distill_runs_own(distilled, tmp_path):
+    import shutil
+
+    copy = tmp_path / "d"
+    shutil.copytree(distilled, copy)
+    assert len(build_sets(copy, ["high"], None, seed=0)["high"].rows) == 4  # no config: 4.0
+    (copy / "config.json").write_text(json.dumps({"rate": {"high_threshold": 5}}))
+    assert len(build_sets(copy, ["high"], None, seed=0)["high"].rows) == 2  # i = 5, 11
 
 
 def test_delta_table_pairs_by_doc_id_hand_case():

@@ -4,7 +4,7 @@ with Hydra's ConfigStore as `downstream_schema`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -67,8 +67,9 @@ class DownstreamConfig:
     """training sets to compare: full, random, high, mix"""
     benchmarks: List[str] = field(default_factory=lambda: list(BENCHMARKS))
     """lm-eval benchmarks: mmlu, arc_challenge, arc_easy, hellaswag, gsm8k, ifeval"""
-    high_threshold: float = 4.0
-    """set `high`: rated.jsonl rows with score >= this (distill.py's rate.high_threshold)"""
+    high_threshold: Optional[float] = None
+    """set `high`: rated.jsonl rows with score >= this; null = the distill run's own
+    rate.high_threshold (its config.json), or 4.0 (distill.py's default) when it has none"""
     seed: int = 0
     """seed of the random/high subsets and of every train.py run"""
     device: str = "auto"

@@ -2,7 +2,8 @@
 
     (a) full    every row of normalized.jsonl (the whole de-duplicated pool)
     (b) random  a seeded random subset of the pool, of the size of (d)
-    (c) high    high-quality originals only (rated.jsonl score >= high_threshold), of the size
+    (c) high    high-quality originals only (rated.jsonl score >= high_threshold, by default
+                the distill run's own rate.high_threshold from its config.json), of the size
                 of (d); all of them if there are fewer, and the table says so
     (d) mix     distill.py's mix.jsonl as it is (originals plus distilled pairs), the paper's set
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -76,10 +77,28 @@ def check_folder(distilled: Path, names: List[str]) -> None:
                                "(is distill.py's run complete?)")
 
 
-def build_sets(distilled: Path, names: List[str], high_threshold: float,
+DEFAULT_HIGH_THRESHOLD = 4.0  # distill.py's rate.high_threshold default
+
+
+def distill_high_threshold(distilled: Path) -> float:
+    """The rate.high_threshold the distill run split its pool with (its config.json)."""
+    import json
+
+    config = distilled / "config.json"
+    if config.exists():
+        value = json.loads(config.read_text()).get("rate", {}).get("high_threshold")
+        if isinstance(value, (int, float)):
+            return float(value)
+    return DEFAULT_HIGH_THRESHOLD
+
+
+def build_sets(distilled: Path, names: List[str], high_threshold: Optional[float],
                seed: int) -> Dict[str, TrainingSet]:
-    """The requested sets, in SETS order, as SFT rows."""
+    """The requested sets, in SETS order, as SFT rows (high_threshold None: the distill
+    run's own)."""
     check_folder(distilled, names)
+    if high_threshold is None:
+        high_threshold = distill_high_threshold(distilled)
     mix = read_rows(distilled / "mix.jsonl")
     size = len(mix)
 
@@ -102,8 +121,9 @@ def build_sets(distilled: Path, names: List[str], high_threshold: float,
         if not good:
             raise LmmixupError(f"{distilled / 'rated.jsonl'}: no row has score >= "
                                f"high_threshold={high_threshold}, so set 'high' is empty")
-        note = ("" if len(good) >= size else
-                f"all {len(good)} high-quality rows (fewer than |mix| = {size})")
+        note = (f"score >= {high_threshold:g}" if len(good) >= size else
+                f"all {len(good)} high-quality rows, score >= {high_threshold:g} "
+                f"(fewer than |mix| = {size})")
         return TrainingSet("high", _rows(_subset(good, size, seed)), note)
 
     def mixed() -> TrainingSet:
