@@ -45,6 +45,7 @@ from lmmixup.evaluate import evaluate
 from lmmixup.grpo import group_advantages
 from lmmixup.inspect.hook import StepInspector
 from lmmixup.logging import MetricsLog, redact
+from lmmixup.lora import is_lora, save_lora_and_merged
 from lmmixup.models import frozen_copy, load_model, load_tokenizer, stop_token_ids
 from lmmixup.optim import build_optimizer, build_scheduler
 from lmmixup.rewards import build_rewards, compute_rewards, reward_extra_metrics
@@ -311,8 +312,15 @@ def save_final_model(model, tokenizer, run_dir: Path) -> None:
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=run_dir))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    if is_lora(model):  # <run dir>/adapter, and the merged copy as <run dir>/model
+        tmp_adapter = Path(tempfile.mkdtemp(prefix=".tmp-adapter-", dir=run_dir))
+        save_lora_and_merged(model, tokenizer, adapter_dir=tmp_adapter, merged_dir=tmp)
+        if (run_dir / "adapter").exists():
+            shutil.rmtree(run_dir / "adapter")
+        os.rename(tmp_adapter, run_dir / "adapter")
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     final = run_dir / "model"
     if final.exists():
         shutil.rmtree(final)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from lmmixup.errors import LmmixupError, brief, require
+from lmmixup.lora import LoraConfig, apply_lora
 
 EMBEDDED_PREFIX = "embedded:"
 SMOLLM2 = "smollm2-135m-instruct"
@@ -53,6 +54,8 @@ class ModelConfig:
     """recompute activations in backward to save memory"""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """shape of the random model used when name_or_path=tiny"""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """a LoRA adapter through peft (lmmixup/lora.py); off = every weight trains"""
 
     def validate(self) -> None:
         require(self.dtype in _DTYPES, "model.dtype", f"must be one of {sorted(_DTYPES)}")
@@ -217,6 +220,8 @@ def load_model(cfg: ModelConfig, tokenizer):
                                f"({brief(e)})") from e
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
     model.config.use_cache = False  # training forwards never need the KV cache
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
