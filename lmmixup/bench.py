@@ -301,7 +301,7 @@ def child_step_ours(steps: int) -> Dict:
     from lmmixup.models import frozen_copy, stop_token_ids
     from lmmixup.optim import OptimConfig, build_optimizer, build_scheduler
     from lmmixup.rollout import RolloutConfig
-    from lmmixup.step import frozen_logprobs, grpo_update, reward_batch, sample
+    from lmmixup.step import UpdateConfig, frozen_logprobs, grpo_update, reward_batch, sample
 
     model, tok = _smollm2()
     model.train()
@@ -326,9 +326,11 @@ def child_step_ours(steps: int) -> Dict:
         t1 = time.perf_counter()
         ref_logp = frozen_logprobs(ref, rollout, rollout_cfg.temperature, micro, chunk)
         t2 = time.perf_counter()
-        grpo_update(model, opt, sched, rollout, adv, None, ref_logp, algo,
-                    rollout_cfg.max_new_tokens, rollout.num_sequences, micro,
-                    rollout_cfg.temperature, chunk, optim_cfg.max_grad_norm)
+        grpo_update(model, opt, sched, rollout, adv, old_logp=None, ref_logp=ref_logp,
+                    cfg=UpdateConfig(algo=algo, max_new_tokens=rollout_cfg.max_new_tokens,
+                                     mini_batch_size=rollout.num_sequences, micro_batch_size=micro,
+                                     temperature=rollout_cfg.temperature, chunk_size=chunk,
+                                     max_grad_norm=optim_cfg.max_grad_norm, update_slots=1))
         t3 = time.perf_counter()
         times.append(t3 - t0)
         cpu.append(time.process_time() - c0)

@@ -342,7 +342,7 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
       generator  torch.Generator on the model's device; None draws from the global torch RNG
     An empty `stop_ids` never stops early: every row gets exactly cfg.max_new_tokens tokens.
     Returns a Rollout whose T is the number of decode steps run (<= cfg.max_new_tokens), with
-    `logprobs` filled (0 after a row's stop token).
+    `rollout_logp` filled (0 after a row's stop token).
     """
     b, p = prompt_ids.shape
     g, t_max = group_size, cfg.max_new_tokens
@@ -407,7 +407,7 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
         completion_ids=completion,
         completion_mask=completion_mask,
         truncated=truncated,
-        logprobs=out_logp[:, :steps],
+        rollout_logp=out_logp[:, :steps],
     )
 
 

@@ -56,7 +56,7 @@ class Rollout:
     completion_ids: torch.Tensor  # (N, T) long, pad after the first stop token
     completion_mask: torch.Tensor  # (N, T) float, 1 up to and including the first stop token
     truncated: torch.Tensor  # (N,) bool, True when no stop token was produced
-    logprobs: Optional[torch.Tensor] = None  # (N, T) float, log pi(token) at sampling time
+    rollout_logp: Optional[torch.Tensor] = None  # (N, T) float, the sampler's log pi(token), 0 on pad
 
     @property
     def num_sequences(self) -> int:
@@ -92,9 +92,12 @@ def hf_generate(model, prompt_ids, prompt_mask, cfg: RolloutConfig, group_size: 
     """
     ids = repeat_for_group(prompt_ids, group_size)  # (N, P)
     mask = repeat_for_group(prompt_mask, group_size)  # (N, P)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
+    from transformers import GenerationConfig
+
+    # An explicit config, and use_model_defaults=False: a checkpoint's generation_config.json
+    # (repetition_penalty, suppress_tokens, ...) would otherwise add warpers that the training
+    # log-probs do not include, and the sampled distribution would not be pi.
+    generation = GenerationConfig(
         do_sample=True,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
@@ -102,11 +105,13 @@ def hf_generate(model, prompt_ids, prompt_mask, cfg: RolloutConfig, group_size: 
         max_new_tokens=cfg.max_new_tokens,
         eos_token_id=list(stop_ids),
         pad_token_id=pad_id,
-    )  # (N, P + T') with T' <= max_new_tokens
+    )
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation,
+                         use_model_defaults=False)  # (N, P + T') with T' <= max_new_tokens
     completion = out[:, ids.shape[1]:]  # (N, T')
     completion_mask, truncated = completion_mask_from_stops(completion, stop_ids)
     completion = completion.masked_fill(completion_mask == 0, pad_id)
-    return Rollout(ids, mask, completion, completion_mask, truncated, logprobs=None)
+    return Rollout(ids, mask, completion, completion_mask, truncated, rollout_logp=None)
 
 
 EngineFn = Callable[..., Rollout]
@@ -131,14 +136,15 @@ def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
     """Stack rollouts of different widths: prompts re-left-padded, completions right-padded."""
     p = max(r.prompt_ids.shape[1] for r in parts)
     t = max(r.completion_ids.shape[1] for r in parts)
-    have_logprobs = all(r.logprobs is not None for r in parts)
+    have_logp = all(r.rollout_logp is not None for r in parts)
     return Rollout(
         prompt_ids=torch.cat([_pad_to(r.prompt_ids, p, pad_id, True) for r in parts]),
         prompt_mask=torch.cat([_pad_to(r.prompt_mask, p, 0, True) for r in parts]),
         completion_ids=torch.cat([_pad_to(r.completion_ids, t, pad_id, False) for r in parts]),
         completion_mask=torch.cat([_pad_to(r.completion_mask, t, 0, False) for r in parts]),
         truncated=torch.cat([r.truncated for r in parts]),
-        logprobs=torch.cat([_pad_to(r.logprobs, t, 0.0, False) for r in parts]) if have_logprobs else None,
+        rollout_logp=(torch.cat([_pad_to(r.rollout_logp, t, 0.0, False) for r in parts])
+                      if have_logp else None),
     )
 
 
@@ -150,5 +156,5 @@ def select_rows(rollout: Rollout, rows: torch.Tensor) -> Rollout:
         completion_ids=rollout.completion_ids[rows],
         completion_mask=rollout.completion_mask[rows],
         truncated=rollout.truncated[rows],
-        logprobs=None if rollout.logprobs is None else rollout.logprobs[rows],
+        rollout_logp=None if rollout.rollout_logp is None else rollout.rollout_logp[rows],
     )
