@@ -47,6 +47,7 @@ from lmmixup.logging import MetricsLog, redact
 from lmmixup.models import frozen_copy, load_model, load_tokenizer, stop_token_ids
 from lmmixup.optim import advance_schedule, build_optimizer, build_scheduler
 from lmmixup.rewards import build_rewards, compute_rewards, reward_extra_metrics
+from lmmixup.rollout import ROLLOUT_DTYPES
 from lmmixup.step import (collect, frac_zero_std_groups, frozen_logprobs, grpo_update, reward_batch,
                           reward_metrics, sample, update_config, update_metrics)
 
@@ -167,8 +168,12 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         # 4. Old-policy and reference log-probs (no gradients).
         single_update = cfg.algo.num_iterations == 1 and rollout.num_sequences <= upd.mini_batch_size
         old_logp = None  # single update: the current log-probs, detached (grpo_update)
-        if not single_update:  # the sampler's log-probs when it computed them, else a forward
-            old_logp = rollout.rollout_logp if rollout.rollout_logp is not None else frozen_logprobs(
+        # The sampler's log-probs serve as old_logp when it ran in the trainer's precision;
+        # otherwise (bf16 rollouts, the hf engine) the trainer computes them in its own.
+        sampler_is_trainer = (rollout.rollout_logp is not None
+                              and ROLLOUT_DTYPES[cfg.rollout.dtype] == next(model.parameters()).dtype)
+        if not single_update:
+            old_logp = rollout.rollout_logp if sampler_is_trainer else frozen_logprobs(
                 model, rollout, cfg.rollout.temperature, cfg.micro_batch_size, cfg.logprob_chunk_size)
         ref_logp = None
         if ref_model is not None:

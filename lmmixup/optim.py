@@ -67,6 +67,6 @@ def advance_schedule(scheduler, slots: int) -> None:
     """Move the schedule past `slots` update slots that no optimizer update used (a mini-batch
     DAPO filtered away, a step skipped as non-finite), so the lr of step s is fixed by s alone."""
     with warnings.catch_warnings():  # torch warns when this happens before any optimizer.step()
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        warnings.filterwarnings("ignore", message="Detected call of")
         for _ in range(slots):
             scheduler.step()

@@ -153,6 +153,13 @@ ROWS = [
     R("checkpoint-new-run-in-used-folder", "",
       "<run>/metrics.jsonl: already holds metrics; pass resume=auto to continue that run, or "
       "pick a new hydra.run.dir", run="<run>"),
+    R("checkpoint-changed-steps", "resume=auto steps=2",
+      "<run>/checkpoints/step_000001: checkpoint was written with a different config: "
+      "steps=2 (checkpoint: 1); resume with the same settings or start a new run", run="<run>"),
+    R("config-bf16-rollout-on-hf-engine", "rollout.engine=hf rollout.dtype=bf16",
+      "rollout.dtype: only rollout.engine=static samples in another precision"),
+    R("config-rollout-is-without-sampler-logprobs", "rollout.engine=hf algo.rollout_is=token_tis",
+      "algo.rollout_is: needs an engine that records sampling log-probs (rollout.engine=static)"),
 ]
 # A reward registered by this file (`nan_probe`) scores 0.5 at step 1, then NaN.
 NONFINITE_ROWS = [
