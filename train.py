@@ -47,9 +47,11 @@ from lmmixup.inspect.hook import StepInspector
 from lmmixup.logging import MetricsLog, redact
 from lmmixup.lora import is_lora, save_lora_and_merged
 from lmmixup.models import frozen_copy, load_model, load_tokenizer, stop_token_ids
-from lmmixup.optim import build_optimizer, build_scheduler
+from lmmixup.optim import advance_schedule, build_optimizer, build_scheduler
 from lmmixup.rewards import build_rewards, compute_rewards, reward_extra_metrics
-from lmmixup.step import collect, frozen_logprobs, grpo_update, reward_batch, reward_metrics, sample
+from lmmixup.rollout import ROLLOUT_DTYPES
+from lmmixup.step import (collect, frac_zero_std_groups, frozen_logprobs, grpo_update, reward_batch,
+                          reward_metrics, sample, update_config, update_metrics)
 
 register_configs()
 
@@ -85,6 +87,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else "cpu" if cfg.device == "auto" else cfg.device)
+    # Checkpoints fingerprint the device that ran, not "auto": CPU and CUDA draw other numbers.
+    resume_config = {**config_dict, "device": device.type}
     seed_step(cfg.seed, 0)
 
     tokenizer = load_tokenizer(cfg.model)
@@ -111,15 +115,14 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     sampler = PromptSampler(rows, cfg.data.shuffle_seed)
     ref_model = frozen_copy(model) if cfg.algo.beta > 0 else None
     G, B = cfg.algo.group_size, cfg.prompts_per_step
-    mini_prompts = cfg.mini_batch_prompts or B
-    updates_per_step = cfg.algo.num_iterations * (B // mini_prompts)
+    upd = update_config(cfg)
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * updates_per_step)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * upd.update_slots)
 
     start_step = 0
     checkpoint = find_resume_checkpoint(cfg.resume, run_dir)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, config_dict)
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, resume_config)
         start_step = state.step
         sampler.load_state_dict(state.sampler)
         print(f"resumed from {checkpoint} at step {start_step}", file=sys.stderr)
@@ -131,7 +134,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
 
     def save(step: int) -> None:
         save_checkpoint(run_dir, step, model, optimizer, scheduler, sampler.state_dict(),
-                        config_dict, config_yaml, cfg.checkpoint)
+                        resume_config, config_yaml, cfg.checkpoint)
 
     def sample_fn(batch_rows):
         return sample(model, tokenizer, batch_rows, cfg.rollout, G, stop_ids,
@@ -162,18 +165,21 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
                    if not torch.isfinite(v).all()]
             nonfinite_skips = handle_nonfinite(cfg, f"reward {', '.join(bad) or 'total'}", step,
                                                nonfinite_skips)
+            advance_schedule(scheduler, upd.update_slots)  # the lr of step s depends on s only
             continue
 
         # 3. Group-relative advantages.
         advantages = group_advantages(batch.total, G, cfg.algo.adv_scale, cfg.algo.adv_eps)  # (N,)
 
         # 4. Old-policy and reference log-probs (no gradients).
-        n = rollout.num_sequences
-        mini_batch = min(n, mini_prompts * G)
-        single_update = cfg.algo.num_iterations == 1 and mini_batch >= n
-        old_logp = None
+        single_update = cfg.algo.num_iterations == 1 and rollout.num_sequences <= upd.mini_batch_size
+        old_logp = None  # single update: the current log-probs, detached (grpo_update)
+        # The sampler's log-probs serve as old_logp when it ran in the trainer's precision;
+        # otherwise (bf16 rollouts, the hf engine) the trainer computes them in its own.
+        sampler_is_trainer = (rollout.rollout_logp is not None
+                              and ROLLOUT_DTYPES[cfg.rollout.dtype] == next(model.parameters()).dtype)
         if not single_update:
-            old_logp = rollout.logprobs if rollout.logprobs is not None else frozen_logprobs(
+            old_logp = rollout.rollout_logp if sampler_is_trainer else frozen_logprobs(
                 model, rollout, cfg.rollout.temperature, cfg.micro_batch_size, cfg.logprob_chunk_size)
         ref_logp = None
         if ref_model is not None:
@@ -181,10 +187,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
                                        cfg.micro_batch_size, cfg.logprob_chunk_size)
 
         # 5. Policy updates.
-        stats = grpo_update(model, optimizer, scheduler, rollout, advantages, old_logp, ref_logp,
-                            cfg.algo, cfg.rollout.max_new_tokens, mini_batch,
-                            cfg.micro_batch_size, cfg.rollout.temperature,
-                            cfg.logprob_chunk_size, cfg.optim.max_grad_norm)
+        stats = grpo_update(model, optimizer, scheduler, rollout, advantages, old_logp=old_logp,
+                            ref_logp=ref_logp, cfg=upd)
         if stats.skipped_nonfinite:
             nonfinite_skips = handle_nonfinite(cfg, stats.skipped_nonfinite[0], step, nonfinite_skips)
             if stats.updates == 0:
@@ -192,9 +196,11 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
 
         step_s = time.perf_counter() - t_step
         tokens = float(rollout.completion_lengths.sum())
-        grouped = batch.total.view(-1, G)
         metrics = {
+            # reward/* and grpo/frac_zero_std_groups: the batch trained on (after DAPO's
+            # filtering); reward_sampled/*, grpo/frac_zero_std_groups_sampled: all sampled.
             **reward_metrics(batch.total, batch.components),
+            **reward_metrics(batch.sampled_total, batch.sampled_components, prefix="reward_sampled"),
             **reward_extra_metrics(batch.components),
             "grpo/loss": stats.loss,
             "grpo/kl": stats.kl,
@@ -205,10 +211,12 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
             "grpo/ratio_max": stats.ratio_max,
             "grpo/adv_mean": float(advantages.mean()),
             "grpo/adv_std": float(advantages.std()),
-            "grpo/frac_zero_std_groups": float((grouped.std(dim=1) == 0).float().mean()),
+            "grpo/frac_zero_std_groups": frac_zero_std_groups(batch.total, G),
+            "grpo/frac_zero_std_groups_sampled": frac_zero_std_groups(batch.sampled_total, G),
             "grpo/grad_norm": stats.grad_norm,
             "grpo/updates": stats.updates,
-            "grpo/lr": scheduler.get_last_lr()[0],
+            "grpo/lr": stats.lr,  # the mean rate this step's updates used
+            **update_metrics(stats),  # mismatch/*: sampler vs trainer log-probs
             "rollout/completion_len_mean": float(rollout.completion_lengths.mean()),
             "rollout/frac_truncated": float(rollout.truncated.float().mean()),
             "rollout/rounds": batch.rounds,
@@ -255,12 +263,13 @@ def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, devi
     if skipped:
         print(f"sft: skipped {skipped} rows longer than sft.max_seq_len", file=sys.stderr)
     sampler = PromptSampler(examples, cfg.data.shuffle_seed)
+    resume_config = {**config_dict, "device": device.type}  # as in run(): the device that ran
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
     start_step = 0
     checkpoint = find_resume_checkpoint(cfg.resume, run_dir)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, config_dict)
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, resume_config)
         start_step = state.step
         sampler.load_state_dict(state.sampler)
     log = MetricsLog(cfg.logger, run_dir, config_dict,
@@ -293,13 +302,13 @@ def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, devi
         bar.set_postfix(loss=f"{loss:.3f}")
         if stop.signal_name or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
             save_checkpoint(run_dir, step, model, optimizer, scheduler, sampler.state_dict(),
-                            config_dict, config_yaml, cfg.checkpoint)
+                            resume_config, config_yaml, cfg.checkpoint)
         if stop.signal_name:
             print(f"stopped by {stop.signal_name} after step {step}; checkpoint saved", file=sys.stderr)
             log.finish()
             return
     save_checkpoint(run_dir, cfg.steps, model, optimizer, scheduler, sampler.state_dict(),
-                    config_dict, config_yaml, cfg.checkpoint)
+                    resume_config, config_yaml, cfg.checkpoint)
     save_final_model(model, tokenizer, run_dir)
     if cfg.data.eval_file:
         evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log)

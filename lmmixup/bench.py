@@ -1,425 +1,29 @@
-"""Benchmarks: our rollout engine, log-probs and GRPO step against HF generate and TRL.
+"""`python -m lmmixup.bench`: the benchmarks of benchmarks/ (outside the library), one entry point.
 
     python -m lmmixup.bench [--json] [--only rollout,logprob,roofline,step,distill] [--reps 3] [--steps 4]
 
-Prints a table, then one JSON line (always the last line; --json prints only that line) with
-    rollout_speedup_vs_hf               tokens/s of rollout.engine=static / HF model.generate
-    step_speedup_vs_trl                 seconds per TRL GRPOTrainer step / seconds per our step
-    step_peak_rss_ratio_trl_over_ours   peak RSS of TRL's training steps / ours
-    logprob_peak_mem_reduction          peak memory of the naive full log-softmax / our chunked one
-    train_fwd_bwd_frac_of_matmul_peak   model FLOP/s of a training forward+backward / fp32 GEMM peak
-Every ratio is "higher is better" and every time is the median of --reps runs after a warm-up.
-Ratios are measured in one process run (or back-to-back child processes) because the machine
-may be shared: compare ratios, not absolute times, across runs.
-
-Sections (all on the embedded SmolLM2-135M-Instruct, fp32):
-  rollout   B=4 prompts x G=4 completions x 128 new tokens, tau=1, top_p=1, top_k=0 (the
-            RolloutConfig defaults). Both engines are forced to produce all 128 tokens, so the
-            comparison is per token: ours with no stop ids, HF with min_new_tokens=128 (which
-            masks EOS). Runs alternate ours/HF so that background load hits both alike.
-  logprob   N=16 x T=512 completion tokens. Each variant runs in its own child process; its
-            peak is the growth of the process's peak RSS (VmHWM, reset through
-            /proc/self/clear_refs just before the measured calls) over the RSS before them.
-            (a) the head, training: hidden states (N*T, H) with grad -> log-probs -> backward,
-                naive log_softmax over the full (N, T, V) logits vs lmmixup.logprobs' chunked,
-                checkpointed head. This is the headline figure.
-            (b) frozen log-probs (reference / old policy): the whole model under no_grad,
-                naive `model(...).logits` + log_softmax vs `completion_logprobs`.
-  roofline  fp32 GEMM peak = best of large square matmuls (torch.mm and oneDNN); training
-            forward+backward = `completion_logprobs` + backward on 8 x (128 prompt + 128 completion) tokens.
-            Model FLOPs (PaLM's MFU convention, recomputation not counted):
-            6 * (backbone params) * all tokens + 6 * (lm_head params) * completion tokens
-            + 12 * layers * heads * head_dim * seq_len per token (attention).
-  step      one GRPO optimizer step (sample, reward, reference log-probs, update) with our
-            lmmixup.step functions vs TRL's GRPOTrainer: B=4 x G=4, 64 max completion tokens,
-            beta=0.04, mu=1, fp32, AdamW lr 1e-6, 2 micro-batches of 8, no gradient
-            checkpointing (TRL's default turns it on; ours has it off), the same trivial
-            reward (the fraction of vowels in the completion's text). Each trainer runs in
-            its own child process, STEP_ROUNDS times, alternating ours / TRL; seconds per
-            step (wall and process CPU) = median over every child's steps after its first;
-            peak RSS = VmHWM over the steps (reset after the models are loaded), max over runs.
+Prints a table, then one JSON line (always the last line; --json prints only that line) of
+ratios; what each section measures: benchmarks/grpo.py. A new section is a function
+`bench_x(reps, table) -> dict` in its own benchmarks/ module, added to SECTIONS and `runners`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from typing import Callable, Dict, List, Optional
+from pathlib import Path
+from typing import Dict, List, Optional
 
 import torch
 
-SECTIONS = ("rollout", "logprob", "roofline", "step", "distill")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout holds benchmarks/
 
-PROMPTS = [
-    "Write a detailed essay about the history of the bicycle.",
-    "Explain, step by step, how photosynthesis works in plants.",
-    "Describe a busy market in a large city in as much detail as you can.",
-    "Tell me a long story about a dragon who wants to become a baker.",
-]
+from benchmarks.grpo import (SECTIONS as GRPO_SECTIONS, bench_logprob, bench_rollout, bench_roofline,  # noqa: E402
+                             bench_step, child_logprob, child_step_ours, child_step_trl)
+from lmmixup.kernel_choice import current_choice  # noqa: E402
 
-
-# ---------------------------------------------------------------------------------------------
-# measuring
-
-
-def _proc_status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) / 1024.0
-
-
-def reset_peak_rss() -> float:
-    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS; return that RSS (MiB)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _proc_status_mb("VmRSS")
-
-
-def peak_rss_mb() -> float:
-    return _proc_status_mb("VmHWM")
-
-
-def median_time(fn: Callable[[], object], reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _child(kind: str, extra: List[str]) -> Dict:
-    """Run `python -m lmmixup.bench --child KIND` and parse its last stdout line (JSON)."""
-    cmd = [sys.executable, "-m", "lmmixup.bench", "--child", kind, *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench child {kind} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _smollm2():
-    from lmmixup.models import ModelConfig, load_model, load_tokenizer
-
-    cfg = ModelConfig()
-    tok = load_tokenizer(cfg)
-    return load_model(cfg, tok), tok
-
-
-def _prompt_batch(tok):
-    from lmmixup.data.prompts import PromptRow, encode_prompts
-
-    return encode_prompts(tok, [PromptRow(prompt=p) for p in PROMPTS], 1024)  # (B, P) each
-
-
-# ---------------------------------------------------------------------------------------------
-# rollout
-
-
-def bench_rollout(reps: int, table: List) -> Dict:
-    from lmmixup.engine import static_generate
-    from lmmixup.rollout import RolloutConfig
-
-    model, tok = _smollm2()
-    model.eval()
-    ids, mask = _prompt_batch(tok)
-    g, t_new = 4, 128
-    cfg = RolloutConfig(max_new_tokens=t_new)
-
-    def ours(c=cfg):
-        return static_generate(model, ids, mask, c, g, [], tok.pad_token_id)  # no stop: T tokens
-
-    def hf(c=cfg):
-        return model.generate(
-            input_ids=ids.repeat_interleave(g, 0), attention_mask=mask.repeat_interleave(g, 0),
-            do_sample=True, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
-            max_new_tokens=c.max_new_tokens, min_new_tokens=c.max_new_tokens,
-            pad_token_id=tok.pad_token_id)
-
-    warm = RolloutConfig(max_new_tokens=8)
-    ours(warm), hf(warm)
-    t_ours, t_hf = [], []
-    for _ in range(reps):  # alternate, so that load from other processes hits both alike
-        t_ours.append(median_time(ours, 1))
-        t_hf.append(median_time(hf, 1))
-    out = ours()
-    assert out.completion_ids.shape == (len(PROMPTS) * g, t_new)
-    tokens = len(PROMPTS) * g * t_new
-    ours_tps, hf_tps = tokens / statistics.median(t_ours), tokens / statistics.median(t_hf)
-    table += [
-        ("rollout", f"HF generate, {len(PROMPTS)}x{g}x{t_new} tok", f"{hf_tps:.1f} tok/s",
-         f"median of {reps}: {statistics.median(t_hf):.2f} s"),
-        ("rollout", "static engine (ours)", f"{ours_tps:.1f} tok/s",
-         f"median of {reps}: {statistics.median(t_ours):.2f} s"),
-        ("rollout", "speed-up ours / HF", f"{ours_tps / hf_tps:.2f}x", "goal >= 3x"),
-    ]
-    return {"rollout_speedup_vs_hf": ours_tps / hf_tps, "rollout_tok_s_ours": ours_tps,
-            "rollout_tok_s_hf": hf_tps}
-
-
-# ---------------------------------------------------------------------------------------------
-# logprob
-
-
-def child_logprob(variant: str, reps: int) -> Dict:
-    """One log-prob variant in a fresh process: peak RSS growth and median time."""
-    from lmmixup.logprobs import completion_logprobs, token_logprobs
-
-    torch.manual_seed(0)
-    n, t, temp = 16, 512, 1.0
-    model, _ = _smollm2()
-    model.eval()
-    weight = model.get_output_embeddings().weight.detach()  # (V, H)
-    v, h = weight.shape
-    targets = torch.randint(0, v, (n, t))  # (N, T)
-
-    if variant in ("head_naive", "head_chunked"):
-        hidden = torch.randn(n * t, h, requires_grad=True)  # (N*T, H)
-
-        def run():
-            hidden.grad = None
-            if variant == "head_naive":
-                logits = (hidden @ weight.T).float().view(n, t, v) / temp  # (N, T, V)
-                logp = torch.log_softmax(logits, dim=-1).gather(2, targets[..., None]).squeeze(2)
-            else:
-                logp, _ = token_logprobs(hidden, weight, None, targets.view(-1), temp, 1024)  # (N*T,)
-            logp.sum().backward()
-    else:
-        prompt = torch.randint(0, v, (n, 16))
-        pmask = torch.ones_like(prompt)
-
-        @torch.no_grad()
-        def run():
-            if variant == "frozen_naive":
-                ids = torch.cat([prompt, targets], dim=1)
-                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-                logp = torch.log_softmax(logits[:, 15:-1].float() / temp, dim=-1)  # (N, T, V)
-                return logp.gather(2, targets[..., None]).squeeze(2)
-            return completion_logprobs(model, prompt, pmask, targets, temp, 1024)[0]
-
-    run()  # warm-up (also allocates anything lazily created)
-    base = reset_peak_rss()
-    secs = median_time(run, reps)
-    return {"variant": variant, "peak_mb": peak_rss_mb() - base, "seconds": secs}
-
-
-def bench_logprob(reps: int, table: List) -> Dict:
-    res = {}
-    for variant in ("head_naive", "head_chunked", "frozen_naive", "frozen_chunked"):
-        res[variant] = _child(f"logprob:{variant}", ["--reps", str(reps)])
-    head = res["head_naive"]["peak_mb"] / res["head_chunked"]["peak_mb"]
-    frozen = res["frozen_naive"]["peak_mb"] / res["frozen_chunked"]["peak_mb"]
-    for name in res:
-        r = res[name]
-        table.append(("logprob", f"16x512 {name}", f"{r['peak_mb']:.0f} MiB peak",
-                      f"{r['seconds']:.2f} s"))
-    table += [
-        ("logprob", "peak reduction, head fwd+bwd", f"{head:.2f}x", "goal >= 4x"),
-        ("logprob", "peak reduction, frozen no-grad", f"{frozen:.2f}x",
-         f"time chunked/naive {res['frozen_chunked']['seconds'] / res['frozen_naive']['seconds']:.2f}"),
-    ]
-    return {"logprob_peak_mem_reduction": head, "logprob_peak_mem_reduction_frozen": frozen,
-            "logprob_time_ratio_chunked_over_naive_head":
-                res["head_chunked"]["seconds"] / res["head_naive"]["seconds"]}
-
-
-# ---------------------------------------------------------------------------------------------
-# roofline
-
-
-def matmul_peak_gflops(reps: int) -> float:
-    """Best fp32 GEMM rate of the machine: large square products through torch.mm (MKL here)
-    and, on CPU, through oneDNN too. On this AMD CPU oneDNN runs 2048^2 at ~208 GFLOP/s and
-    MKL at ~135, so a peak measured with torch.mm alone would flatter the fraction."""
-    best = 0.0
-    for size in (1024, 2048, 3072):
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        kernels = [lambda: a @ b]
-        if torch.backends.mkldnn.is_available():
-            packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), size)
-            kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
-        for kernel in kernels:
-            kernel()
-            best = max(best, 2 * size ** 3 / median_time(kernel, reps) / 1e9)
-    return best
-
-
-def bench_roofline(reps: int, table: List) -> Dict:
-    from lmmixup.logprobs import completion_logprobs
-
-    model, _ = _smollm2()
-    model.train()
-    cfg = model.config
-    n, p, t = 8, 128, 128
-    v, h = model.get_output_embeddings().weight.shape
-    prompt = torch.randint(0, v, (n, p))
-    completion = torch.randint(0, v, (n, t))
-    pmask = torch.ones_like(prompt)
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        logp, _ = completion_logprobs(model, prompt, pmask, completion, 1.0, 1024)
-        logp.mean().backward()
-
-    step()
-    secs = median_time(step, reps)
-    params = sum(x.numel() for x in model.parameters())  # tied embedding counted once
-    head = v * h
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    seq = p + t
-    flops = (6 * (params - head) * n * seq + 6 * head * n * t
-             + 12 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * seq * n * seq)
-    achieved = flops / secs / 1e9
-    peak = matmul_peak_gflops(max(3, reps))
-    table += [
-        ("roofline", "fp32 matmul peak (best of 1k/2k/3k square, MKL + oneDNN)", f"{peak:.1f} GFLOP/s", ""),
-        ("roofline", f"train fwd+bwd {n}x{seq} tok", f"{achieved:.1f} GFLOP/s",
-         f"{secs:.2f} s, {flops / 1e12:.2f} TFLOP"),
-        ("roofline", "fraction of matmul peak", f"{achieved / peak:.2%}", "goal >= 50%"),
-    ]
-    return {"train_fwd_bwd_frac_of_matmul_peak": achieved / peak, "matmul_peak_gflops": peak,
-            "train_fwd_bwd_gflops": achieved}
-
-
-# ---------------------------------------------------------------------------------------------
-# step
-
-
-def _trivial_reward(text: str) -> float:
-    """Fraction of vowels: cheap, and it differs between completions, so advantages are not 0."""
-    return sum(c in "aeiou" for c in text.lower()) / max(len(text), 1)
-
-
-def child_step_ours(steps: int) -> Dict:
-    from lmmixup.data.prompts import PromptRow
-    from lmmixup.grpo import AlgoConfig, group_advantages
-    from lmmixup.models import frozen_copy, stop_token_ids
-    from lmmixup.optim import OptimConfig, build_optimizer, build_scheduler
-    from lmmixup.rollout import RolloutConfig
-    from lmmixup.step import frozen_logprobs, grpo_update, reward_batch, sample
-
-    model, tok = _smollm2()
-    model.train()
-    algo = AlgoConfig(group_size=4, beta=0.04, num_iterations=1)
-    rollout_cfg = RolloutConfig(max_new_tokens=64)  # engine=static
-    optim_cfg = OptimConfig()
-    micro, chunk = 8, 1024
-    stops = stop_token_ids(tok, model)
-    ref = frozen_copy(model)
-    opt = build_optimizer(model, optim_cfg)
-    sched = build_scheduler(opt, optim_cfg, steps)
-    rows = [PromptRow(prompt=q) for q in PROMPTS]
-    base = reset_peak_rss()
-    times, cpu, lengths, parts = [], [], [], []
-    for s in range(steps):
-        torch.manual_seed(s)
-        t0, c0 = time.perf_counter(), time.process_time()
-        rollout = sample(model, tok, rows, rollout_cfg, algo.group_size, stops, 1024, "bench", "cpu")
-        texts = reward_batch(tok, rollout, rows, algo.group_size)
-        rewards = torch.tensor([_trivial_reward(c) for c in texts.completions])  # (N,)
-        adv = group_advantages(rewards, algo.group_size, algo.adv_scale, algo.adv_eps)  # (N,)
-        t1 = time.perf_counter()
-        ref_logp = frozen_logprobs(ref, rollout, rollout_cfg.temperature, micro, chunk)
-        t2 = time.perf_counter()
-        grpo_update(model, opt, sched, rollout, adv, None, ref_logp, algo,
-                    rollout_cfg.max_new_tokens, rollout.num_sequences, micro,
-                    rollout_cfg.temperature, chunk, optim_cfg.max_grad_norm)
-        t3 = time.perf_counter()
-        times.append(t3 - t0)
-        cpu.append(time.process_time() - c0)
-        parts.append({"rollout_reward": t1 - t0, "ref_logprobs": t2 - t1, "update": t3 - t2})
-        lengths.append(float(rollout.completion_lengths.mean()))
-    return {"step_s": times, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base,
-            "completion_len_mean": lengths, "parts_s": parts, "loadavg_end": os.getloadavg()[0]}
-
-
-def child_step_trl(steps: int) -> Dict:
-    from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    model, tok = _smollm2()
-    model.train()
-    times, cpu, lengths, state = [], [], [], {}
-
-    def reward(completions, **kwargs):
-        texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
-        return [_trivial_reward(x) for x in texts]
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, args, st, control, **kw):
-            if "base" not in state:
-                state["base"] = reset_peak_rss()  # models, ref model, trainer are built by now
-            state["t0"], state["c0"] = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, args, st, control, **kw):
-            times.append(time.perf_counter() - state["t0"])
-            cpu.append(time.process_time() - state["c0"])
-
-        def on_log(self, args, st, control, logs=None, **kw):
-            if logs and "completions/mean_length" in logs:
-                lengths.append(float(logs["completions/mean_length"]))
-
-    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in PROMPTS] * steps})
-    with tempfile.TemporaryDirectory() as out:
-        args = GRPOConfig(
-            output_dir=out, per_device_train_batch_size=8, gradient_accumulation_steps=2,
-            num_generations=4, max_completion_length=64, beta=0.04, num_iterations=1,
-            learning_rate=1e-6, weight_decay=0.01, max_grad_norm=1.0, loss_type="grpo",
-            scale_rewards="group", temperature=1.0, top_p=1.0, top_k=0, bf16=False, fp16=False,
-            use_cpu=True, gradient_checkpointing=False, max_steps=steps, logging_steps=1,
-            save_strategy="no", report_to=[], shuffle_dataset=False, seed=0, disable_tqdm=True,
-            dataloader_num_workers=0)
-        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
-                              processing_class=tok, callbacks=[Clock()])
-        trainer.train()
-    return {"step_s": times, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(),
-            "base_rss_mb": state.get("base", 0.0), "completion_len_mean": lengths,
-            "loadavg_end": os.getloadavg()[0]}
-
-
-STEP_ROUNDS = 2
-"""child runs per trainer, alternating ours / TRL, so that changing background load hits both"""
-
-
-def bench_step(steps: int, table: List) -> Dict:
-    runs = {"ours": [], "trl": []}
-    for _ in range(STEP_ROUNDS):
-        for name in ("ours", "trl"):
-            runs[name].append(_child(f"step:{name}", ["--steps", str(steps)]))
-    res = {}
-    for name, rs in runs.items():  # drop each child's first (warm-up) step
-        wall = [x for r in rs for x in (r["step_s"][1:] or r["step_s"])]
-        cpu = [x for r in rs for x in (r["cpu_s"][1:] or r["cpu_s"])]
-        res[name] = {"wall": statistics.median(wall), "cpu": statistics.median(cpu),
-                     "peak": max(r["peak_rss_mb"] for r in rs),
-                     "base": min(r["base_rss_mb"] for r in rs),
-                     "lens": [x for r in rs for x in r["completion_len_mean"]],
-                     "load": [r["loadavg_end"] for r in rs]}
-    for name, label in (("trl", "TRL GRPOTrainer"), ("ours", "lmmixup.step (ours)")):
-        r = res[name]
-        table.append(("step", f"{label} 4x4x64", f"{r['wall']:.2f} s/step",
-                      f"CPU {r['cpu']:.1f} s/step; peak RSS {r['peak']:.0f} MiB "
-                      f"(from {r['base']:.0f}); completion len {min(r['lens']):.0f}-"
-                      f"{max(r['lens']):.0f}; load avg at end {r['load']}"))
-    ours, trl = res["ours"], res["trl"]
-    table += [
-        ("step", "speed-up ours / TRL (wall)", f"{trl['wall'] / ours['wall']:.2f}x", "goal >= 2x"),
-        ("step", "speed-up ours / TRL (CPU time)", f"{trl['cpu'] / ours['cpu']:.2f}x", ""),
-        ("step", "peak RSS TRL / ours", f"{trl['peak'] / ours['peak']:.2f}x", "goal >= 1"),
-    ]
-    return {"step_speedup_vs_trl": trl["wall"] / ours["wall"],
-            "step_speedup_vs_trl_cpu_time": trl["cpu"] / ours["cpu"],
-            "step_peak_rss_ratio_trl_over_ours": trl["peak"] / ours["peak"],
-            "step_s_ours": ours["wall"], "step_s_trl": trl["wall"]}
-
-
-# ---------------------------------------------------------------------------------------------
+SECTIONS = GRPO_SECTIONS + ("distill",)
 
 
 def bench_distill(reps: int, table: List) -> Dict:
@@ -454,7 +58,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     if unknown:
         ap.error(f"--only: unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
     table: List = []
-    results: Dict = {"rollout_speedup_vs_hf": None, "step_speedup_vs_trl": None,
+    results: Dict = {"rollout_speedup_vs_hf": None, "rollout_bf16_speedup_vs_hf": None,
+                     "step_speedup_vs_trl": None,
                      "step_peak_rss_ratio_trl_over_ours": None, "logprob_peak_mem_reduction": None,
                      "train_fwd_bwd_frac_of_matmul_peak": None}
     runners = {"rollout": lambda: bench_rollout(args.reps, table),
@@ -470,6 +75,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                 print("  ".join(str(c) for c in row), file=sys.stderr, flush=True)
     results["threads"] = torch.get_num_threads()
     results["torch"] = torch.__version__
+    kernels = current_choice()  # the CPU and the GEMM kernels chosen on it (lmmixup.kernel_choice)
+    results["cpu_model"] = kernels.cpu_model
+    results["kernels"] = {"decode_gemm": kernels.decode_gemm, "training_gemm": kernels.training_gemm}
     if not args.json:
         widths = [max(len(str(r[i])) for r in table) for i in range(4)] if table else [0] * 4
         for r in table:

@@ -47,7 +47,10 @@ class CheckpointConfig:
 
 
 # Config keys that may differ between a run and its resume without changing the trajectory.
-RESUMABLE_CHANGES = ("steps", "resume", "logger", "checkpoint", "eval_every", "device")
+# Not `steps`: the lr schedule's horizon is steps x updates per step, so a new `steps` would move
+# the warm-up and the cosine under the resumed run. Not `device`: CPU and CUDA draw different
+# random streams (train.py fingerprints the resolved device, so auto -> cpu on a CPU is fine).
+RESUMABLE_CHANGES = ("resume", "logger", "checkpoint", "eval_every")
 
 
 def config_fingerprint(config: Dict[str, Any]) -> Dict[str, str]:

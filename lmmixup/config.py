@@ -96,6 +96,8 @@ class TrainConfig:
         require(self.eval_every >= 0, "eval_every", "must be >= 0")
         require(not (self.algo.max_resample_rounds > 0 and not self.algo.filter_zero_std_groups),
                 "algo.max_resample_rounds", "needs algo.filter_zero_std_groups=true")
+        require(self.algo.rollout_is == "none" or self.rollout.engine == "static", "algo.rollout_is",
+                "needs an engine that records sampling log-probs (rollout.engine=static)")
 
 
 def validate_all(node) -> None:

@@ -16,10 +16,12 @@ loop instead of `model.generate`:
     tail is masked. At most (P+T)/KV_BUCKET distinct shapes, so torch.compile / CUDA graphs see
     a handful of static shapes. Grouped-query attention never repeats the cache: the H query
     heads are viewed as (Hkv, H/Hkv) "queries" of their shared KV head.
-  * Weights are prepared once per call (`_Linear`): q|k|v fused into one GEMM, each RMSNorm's
+  * Weights are prepared once per call (`PackedLinear`): q|k|v fused into one GEMM, each RMSNorm's
     weight folded into the matmul after it, and on CPU oneDNN's prepacked layout with the
-    silu / multiply / residual add fused into the GEMM. Prepared copies live only during the
-    call (the policy changes every optimizer step).
+    silu / multiply / residual add fused into the GEMM (`lmmixup.kernels`). Prepared copies
+    live only during the call (the policy changes every optimizer step) and are cast to
+    `rollout.dtype`: with bf16 the sampler runs a bf16 copy of the policy re-cast at every call,
+    while the policy and its optimizer keep their precision.
   * Sampling happens on the device: logits / tau, then top-k, then top-p (nucleus; HF's order),
     then one uniform per row through the CDF (`_draw`), drawn from `generator` or, by default,
     the global torch RNG, which the trainer seeds every step for an exact resume.
@@ -37,68 +39,33 @@ loop instead of `model.generate`:
     leak into real rows through 0 * NaN); padded rows' outputs are never used.
 
 The algorithm has no device branches: the same tensors and ops run on CPU and CUDA; only
-`_Linear` picks a CPU kernel. Tests: tests/test_engine.py (greedy tokens equal HF generate's,
+`PackedLinear` picks a CPU kernel. Tests: tests/test_engine.py (greedy tokens equal HF generate's,
 recorded log-probs equal a fresh forward, a chi-square test of the sampled frequencies).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from lmmixup.errors import LmmixupError
-from lmmixup.rollout import ENGINES, Rollout, RolloutConfig, completion_mask_from_stops, repeat_for_group
+from lmmixup.kernel_choice import current_choice
+from lmmixup.kernels import PackedLinear, rope, signed_sin, unsupported_reason
+from lmmixup.rollout_batch import ROLLOUT_DTYPES, Rollout, completion_mask_from_stops, repeat_for_group
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+if TYPE_CHECKING:  # annotations only: lmmixup.rollout imports this module, not the reverse
+    from lmmixup.rollout import RolloutConfig
 KV_BUCKET = 64
 """attention reads the KV cache up to the next multiple of this many columns"""
 COMPACT_FRACTION = 0.25
 """compact the live rows once at least this fraction of them has finished"""
 
 
-class _Linear:
-    """y = x W^T + b, optionally fused with silu(y), y * other or y + other.
-
-    The weight is prepared once per rollout call. On CPU it is reordered into oneDNN's blocked
-    layout and the element-wise op runs inside the GEMM: a decode step multiplies only N rows by
-    each weight, a shape at which the stock fp32 GEMM is poor (SmolLM2's lm_head: 29 ms vs
-    12 ms per step here), and every separate element-wise kernel costs a launch per layer.
-    Elsewhere (CUDA) it is F.linear followed by the op. This picks kernels, not an algorithm:
-    both compute the same thing up to float rounding."""
-
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], rows_hint: int):
-        self.bias = bias
-        self.packed = (weight.device.type == "cpu" and weight.dtype == torch.float32
-                       and torch.backends.mkldnn.is_available())
-        self.weight = (torch.ops.mkldnn._reorder_linear_weight(weight, rows_hint) if self.packed
-                       else weight)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
-
-    def silu(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "swish", [], "")
-        return F.silu(F.linear(x, self.weight, self.bias))
-
-    def mul(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.weight, self.bias, "mul")
-        return F.linear(x, self.weight, self.bias) * other
-
-    def add(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.weight, self.bias, "add")
-        return F.linear(x, self.weight, self.bias) + other
-
-
-def _prepared(mods: Sequence[torch.nn.Module], rows_hint: int,
-              norm: Optional[torch.Tensor] = None) -> _Linear:
+def _prepared(mods: Sequence[torch.nn.Module], rows_hint: int, dtype: torch.dtype,
+              norm: Optional[torch.Tensor] = None) -> PackedLinear:
     """One GEMM for projections that read the same input (q|k|v). A preceding RMSNorm's weight
     is folded into the columns: (w * x_hat) W^T = x_hat (W diag(w))^T, one kernel fewer."""
     weight = (mods[0].weight if len(mods) == 1 else torch.cat([m.weight for m in mods])).detach()  # (out, in)
@@ -108,17 +75,24 @@ def _prepared(mods: Sequence[torch.nn.Module], rows_hint: int,
     if any(m.bias is not None for m in mods):
         bias = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.weight.shape[0])
                           for m in mods]).detach()  # (sum out,)
-    return _Linear(weight, bias, rows_hint)
+    # folded in the policy's precision, then cast once: the sampler's copy of the weights
+    weight = weight.to(dtype)
+    bias = None if bias is None else bias.to(dtype)
+    on_cpu = weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
+    packed = on_cpu and (
+        (dtype == torch.float32 and current_choice().decode_gemm == "onednn")
+        or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    return PackedLinear(weight, bias, rows_hint, packed)
 
 
 @dataclass
 class _Layer:
     eps: float
-    qkv: _Linear  # hidden -> (Hq + 2 Hkv) * D, input RMSNorm weight folded in
-    o: _Linear  # Hq * D -> hidden, + residual
-    gate: _Linear  # hidden -> intermediate, silu, post-attention RMSNorm weight folded in
-    up: _Linear  # hidden -> intermediate, * silu(gate), norm weight folded in
-    down: _Linear  # intermediate -> hidden, + residual
+    qkv: PackedLinear  # hidden -> (Hq + 2 Hkv) * D, input RMSNorm weight folded in
+    o: PackedLinear  # Hq * D -> hidden, + residual
+    gate: PackedLinear  # hidden -> intermediate, silu, post-attention RMSNorm weight folded in
+    up: PackedLinear  # hidden -> intermediate, * silu(gate), norm weight folded in
+    down: PackedLinear  # intermediate -> hidden, + residual
 
 
 @dataclass
@@ -128,7 +102,7 @@ class _Decoder:
     embed: torch.Tensor  # (V, hidden)
     layers: List[_Layer]
     eps: float  # final RMSNorm (its weight is folded into lm_head)
-    lm_head: _Linear  # hidden -> V
+    lm_head: PackedLinear  # hidden -> V
     n_heads: int
     n_kv_heads: int
     head_dim: int
@@ -137,28 +111,12 @@ class _Decoder:
 
 def _check_supported(model, max_len: int) -> None:
     """Refuse architectures whose forward we do not reproduce exactly."""
-    cfg = model.config
-    kind = getattr(cfg, "model_type", None)
-    if kind not in SUPPORTED_MODEL_TYPES:
-        raise LmmixupError(
-            f"rollout.engine=static supports {', '.join(SUPPORTED_MODEL_TYPES)} causal LMs, not "
-            f"model_type={kind!r} ({type(model).__name__}); use rollout.engine=hf for this model")
-    if kind == "qwen2" and getattr(cfg, "use_sliding_window", False):
-        window = getattr(cfg, "sliding_window", None)
-        if (window is not None and window < max_len
-                and "sliding_attention" in (getattr(cfg, "layer_types", None) or [])):
-            raise LmmixupError(
-                f"rollout.engine=static: this Qwen2 model uses sliding-window attention "
-                f"(window {window} < prompt+completion length {max_len}); use rollout.engine=hf")
-    rope = getattr(cfg, "rope_scaling", None) or {}
-    if rope.get("rope_type", rope.get("type")) == "dynamic":
-        raise LmmixupError("rollout.engine=static: dynamic RoPE scaling (frequencies that depend on "
-                           "the sequence length) is not supported; use rollout.engine=hf")
-    if getattr(cfg, "hidden_act", "silu") != "silu":
-        raise LmmixupError(f"rollout.engine=static: hidden_act={cfg.hidden_act!r} is not supported")
+    reason = unsupported_reason(model, max_len)
+    if reason is not None:
+        raise LmmixupError(f"rollout.engine=static: {reason}; use rollout.engine=hf for this model")
 
 
-def _decoder_of(model, rows_hint: int) -> _Decoder:
+def _decoder_of(model, rows_hint: int, dtype: torch.dtype) -> _Decoder:
     backbone = model.get_decoder()
     layers = []
     for layer in backbone.layers:
@@ -166,18 +124,18 @@ def _decoder_of(model, rows_hint: int) -> _Decoder:
         ln1, ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
         layers.append(_Layer(
             eps=layer.input_layernorm.variance_epsilon,
-            qkv=_prepared([sa.q_proj, sa.k_proj, sa.v_proj], rows_hint, ln1),
-            o=_prepared([sa.o_proj], rows_hint),
-            gate=_prepared([mlp.gate_proj], rows_hint, ln2),
-            up=_prepared([mlp.up_proj], rows_hint, ln2),
-            down=_prepared([mlp.down_proj], rows_hint),
+            qkv=_prepared([sa.q_proj, sa.k_proj, sa.v_proj], rows_hint, dtype, ln1),
+            o=_prepared([sa.o_proj], rows_hint, dtype),
+            gate=_prepared([mlp.gate_proj], rows_hint, dtype, ln2),
+            up=_prepared([mlp.up_proj], rows_hint, dtype, ln2),
+            down=_prepared([mlp.down_proj], rows_hint, dtype),
         ))
     attn = backbone.layers[0].self_attn
     return _Decoder(
-        embed=backbone.embed_tokens.weight.detach(),
+        embed=backbone.embed_tokens.weight.detach().to(dtype),
         layers=layers,
         eps=backbone.norm.variance_epsilon,
-        lm_head=_prepared([model.get_output_embeddings()], rows_hint, backbone.norm.weight),
+        lm_head=_prepared([model.get_output_embeddings()], rows_hint, dtype, backbone.norm.weight),
         n_heads=model.config.num_attention_heads,
         n_kv_heads=model.config.num_key_value_heads,
         head_dim=attn.head_dim,
@@ -188,15 +146,6 @@ def _decoder_of(model, rows_hint: int) -> _Decoder:
 def _normed(x: torch.Tensor, eps: float) -> torch.Tensor:
     """HF's RMSNorm without its weight (folded into the next matmul): normalise in fp32."""
     return F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding in HF's rotate-half convention, x * cos + rotate_half(x) * sin, with
-    rotate_half(x) = (-x2, x1) written as flip(x1, x2) * (-sin1, sin2): the same products.
-    x (..., D); cos, sin_signed broadcast to x."""
-    d = x.shape[-1]
-    swapped = x.unflatten(-1, (2, d // 2)).flip(-2).flatten(-2)  # (..., D) = (x2, x1)
-    return x * cos + swapped * sin_signed
 
 
 def _mlp_residual(layer: _Layer, x: torch.Tensor) -> torch.Tensor:
@@ -222,7 +171,7 @@ def _prefill(dec: _Decoder, ids, mask, cos_tab, sin_tab, cache, group_size: int)
     x = F.embedding(ids.reshape(-1), dec.embed)  # (B*P, hidden)
     for li, layer in enumerate(dec.layers):
         qkv = layer.qkv(_normed(x, layer.eps)).view(b, p, hq + 2 * hkv, d)
-        qk = _rope(qkv[:, :, : hq + hkv], cos, sin)  # (B, P, Hq + Hkv, D)
+        qk = rope(qkv[:, :, : hq + hkv], cos, sin)  # (B, P, Hq + Hkv, D)
         q = qk[:, :, :hq].transpose(1, 2)  # (B, Hq, P, D)
         k = qk[:, :, hq:].transpose(1, 2)  # (B, Hkv, P, D)
         v = qkv[:, :, hq + hkv:].transpose(1, 2)  # (B, Hkv, P, D)
@@ -243,7 +192,7 @@ def _decode_attention(q, k, v, key_bias, scaling: float) -> torch.Tensor:
     q (R, Hkv, Hq/Hkv, D): the query heads of one KV head act as its queries; k, v (R, Hkv, K, D);
     key_bias (R*Hkv, 1, K): 0 for real keys, -inf for masked ones. Returns (R, Hkv, Hq/Hkv, D).
     On CPU two batched GEMMs and a softmax beat SDPA's flash kernel, which is tuned for long
-    query blocks (at SmolLM2's decode shapes 20 ms of a 75 ms step went to it; ~7 ms this way).
+    query blocks (timings in docs/LOG.md, 2026-11).
     Elsewhere SDPA's fused kernels win. The same softmax(q k^T * scale + bias) v either way."""
     if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias.view(q.shape[0], q.shape[1], 1, -1),
@@ -267,7 +216,7 @@ def _decode_step(dec: _Decoder, tok, pos, col, cache, key_mask, cos_tab, sin_tab
     x = F.embedding(tok, dec.embed)  # (R, hidden)
     for li, layer in enumerate(dec.layers):
         qkv = layer.qkv(_normed(x, layer.eps)).view(r, hq + 2 * hkv, d)
-        qk = _rope(qkv[:, : hq + hkv], cos, sin)  # (R, Hq + Hkv, D)
+        qk = rope(qkv[:, : hq + hkv], cos, sin)  # (R, Hq + Hkv, D)
         k_cache, v_cache = cache[li, 0], cache[li, 1]  # (R, Hkv, L, D) each
         k_cache.index_copy_(2, col, qk[:, hq:, None])
         v_cache.index_copy_(2, col, qkv[:, hq + hkv:, None])
@@ -298,9 +247,10 @@ def _draw(weights: torch.Tensor, generator):
     """One token per row from unnormalised probabilities weights (R, V) >= 0, by inverting the
     CDF with one uniform per row. Returns (token (R,), total weight (R, 1)).
 
-    `torch.multinomial` (what HF uses) draws V exponentials per row on CPU, ~20 ms per step for
-    16 x 49,152 here; one uniform per row is enough. A token of weight 0 is never drawn: the
-    first index whose CDF exceeds u has a CDF strictly above its predecessor's."""
+    `torch.multinomial` (what HF uses) draws V exponentials per row on CPU, a large part of a
+    decode step at V = 49,152 (docs/LOG.md); one uniform per row is enough. A token of weight 0
+    is never drawn: the first index whose CDF exceeds u has a CDF strictly above its
+    predecessor's."""
     cdf = weights.cumsum(dim=-1)  # (R, V)
     total = cdf[:, -1:].contiguous()  # (R, 1)
     u = torch.rand(total.shape, generator=generator, device=weights.device, dtype=cdf.dtype) * total
@@ -319,8 +269,7 @@ def _sample(logits: torch.Tensor, cfg: RolloutConfig, greedy: bool, generator):
         tok, _ = _draw(_filter_top_k_top_p(scores, cfg.top_k, cfg.top_p).softmax(dim=-1), generator)
     else:
         # Unfiltered (the paper's setting): exp(s - max) is softmax's numerator, and the sum the
-        # CDF ends with gives log Z = max + log(sum), so no separate logsumexp pass (~0.8 ms of
-        # a ~60 ms SmolLM2 step on this CPU).
+        # CDF ends with gives log Z = max + log(sum), so no separate logsumexp pass.
         top = scores.amax(dim=-1, keepdim=True)  # (R, 1)
         tok, total = _draw((scores - top).exp_(), generator)  # (R,), (R, 1)
         logp = scores.gather(1, tok[:, None]) - top - total.log()  # (R, 1)
@@ -342,7 +291,7 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
       generator  torch.Generator on the model's device; None draws from the global torch RNG
     An empty `stop_ids` never stops early: every row gets exactly cfg.max_new_tokens tokens.
     Returns a Rollout whose T is the number of decode steps run (<= cfg.max_new_tokens), with
-    `logprobs` filled (0 after a row's stop token).
+    `rollout_logp` filled (0 after a row's stop token).
     """
     b, p = prompt_ids.shape
     g, t_max = group_size, cfg.max_new_tokens
@@ -350,15 +299,14 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
     if bool((prompt_mask.sum(dim=1) == 0).any()):
         raise LmmixupError("rollout: a prompt has no tokens (all-zero prompt_mask row)")
     _check_supported(model, max_len)
-    dec = _decoder_of(model, n)
+    dec = _decoder_of(model, n, ROLLOUT_DTYPES[cfg.dtype])
     device, dtype = prompt_ids.device, dec.embed.dtype
 
     # rotary table for every position the call can reach, from the model's own module: (L, D)
     positions = torch.arange(max_len, device=device)[None]  # (1, L)
     cos_tab, sin_tab = model.get_decoder().rotary_emb(torch.empty(0, device=device, dtype=dtype), positions)
     cos_tab, sin_tab = cos_tab[0], sin_tab[0]  # (L, D)
-    half = dec.head_dim // 2
-    sin_tab = torch.cat([-sin_tab[:, :half], sin_tab[:, half:]], dim=-1)  # (L, D), see _rope
+    sin_tab = signed_sin(sin_tab)  # (L, D), see kernels.rope
 
     cache = torch.zeros(len(dec.layers), 2, n, dec.n_kv_heads, max_len, dec.head_dim,
                         device=device, dtype=dtype)  # (layers, 2, N, Hkv, L, D)
@@ -407,8 +355,6 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
         completion_ids=completion,
         completion_mask=completion_mask,
         truncated=truncated,
-        logprobs=out_logp[:, :steps],
+        rollout_logp=out_logp[:, :steps],
     )
 
-
-ENGINES["static"] = static_generate

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lmmixup.kernels import forward_gemm, linear, rope, signed_sin, unsupported_reason
+
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """(N, L) 0/1 mask -> (N, L) positions counting only real tokens (left padding gets 0)."""
@@ -39,53 +41,9 @@ def _acc_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(weight.dtype, torch.float32)
 
 
-def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.dim() == 2
-            and torch.backends.mkldnn.is_available())
-
-
-def _forward_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """x (M, in) @ weight (out, in)^T + bias, no autograd. On a CPU in fp32 oneDNN runs it:
-    torch's F.linear goes to MKL, which on this AMD CPU is 1.1-1.6x slower for the training
-    shapes (SmolLM2 at M ~ 640: 113-164 vs 176-188 GFLOP/s; lm_head 107 vs 156). The backward
-    products stay with torch.mm, where MKL is as fast. Same math, other rounding."""
-    if _onednn_ok(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
-
-
-class _OneDnnForwardLinear(torch.autograd.Function):
-    """y = x W^T + b with the forward in `_forward_gemm`; x (M, in), W (out, in), b (out,)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _forward_gemm(x, weight, bias)  # (M, out)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        grad_x = grad @ weight if need_x else None  # (M, in)
-        grad_w = grad.t() @ x if need_w else None  # (out, in)
-        grad_b = grad.sum(dim=0) if ctx.has_bias and need_b else None  # (out,)
-        return grad_x, grad_w, grad_b
-
-
-def linear(x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
-    """module(x) for a plain nn.Linear, with the forward GEMM in oneDNN on CPU (see above);
-    anything else (another device, dtype, a wrapped or quantised layer) calls the module."""
-    if type(module) is not torch.nn.Linear or not _onednn_ok(x, module.weight):
-        return module(x)
-    if torch.is_grad_enabled():
-        return _OneDnnForwardLinear.apply(x, module.weight, module.bias)
-    return _forward_gemm(x, module.weight, module.bias)
-
-
 def _scaled_logits(hidden, weight, bias, temperature: float) -> torch.Tensor:
     """hidden (C, H) -> logits / tau (C, V) in fp32, a fresh buffer the caller may overwrite."""
-    z = _forward_gemm(hidden, weight, bias)  # (C, V)
+    z = forward_gemm(hidden, weight, bias)  # (C, V)
     return z.to(_acc_dtype(weight)).div_(temperature)
 
 
@@ -165,23 +123,9 @@ def _prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
 
 
 def shares_prompts(model) -> bool:
-    """Whether `_shared_prompt_hidden` reproduces this model's forward exactly (Llama/Qwen2
-    decoders without sliding windows, dynamic RoPE or attention dropout)."""
-    cfg = model.config
-    if getattr(cfg, "model_type", None) not in ("llama", "qwen2"):
-        return False
-    if getattr(cfg, "use_sliding_window", False) and "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
-        return False
-    rope = getattr(cfg, "rope_scaling", None) or {}
-    if rope.get("rope_type", rope.get("type")) == "dynamic":
-        return False
-    return not (model.training and getattr(cfg, "attention_dropout", 0.0) > 0)
-
-
-def _rotate(x, cos, sin):
-    """HF's rotary embedding (rotate-half convention). x (..., D); cos, sin broadcast to x."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    """Whether `_shared_prompt_hidden` reproduces this model's forward exactly (the check of
+    lmmixup.kernels, shared with the rollout engine)."""
+    return unsupported_reason(model) is None
 
 
 def _shared_prompt_hidden(model, prompt_ids, prompt_mask, owner, completion_ids):
@@ -215,6 +159,7 @@ def _shared_prompt_hidden(model, prompt_ids, prompt_mask, owner, completion_ids)
                    backbone.embed_tokens(completion_ids).flatten(0, 1)])  # (U*P + N*T, hidden)
     cos_p, sin_p = backbone.rotary_emb(x, p_pos)  # (U, P, D)
     cos_c, sin_c = backbone.rotary_emb(x, c_pos)  # (N, T, D)
+    sin_p, sin_c = signed_sin(sin_p), signed_sin(sin_c)  # the form kernels.rope takes
     cos_p, sin_p, cos_c, sin_c = (c[:, None] for c in (cos_p, sin_p, cos_c, sin_c))  # (., 1, L, D)
 
     def heads(y, rows, length, nh):  # (rows*length, nh*D) -> (rows, nh, length, D)
@@ -231,8 +176,8 @@ def _shared_prompt_hidden(model, prompt_ids, prompt_mask, owner, completion_ids)
         qp, qc = heads(q[:u * p], u, p, hq), heads(q[u * p:], n, t, hq)  # (U,Hq,P,D), (N,Hq,T,D)
         kp, kc = heads(k[:u * p], u, p, hkv), heads(k[u * p:], n, t, hkv)  # (U,Hkv,P,D), (N,Hkv,T,D)
         vp, vc = heads(v[:u * p], u, p, hkv), heads(v[u * p:], n, t, hkv)
-        qp, kp = _rotate(qp, cos_p, sin_p), _rotate(kp, cos_p, sin_p)
-        qc, kc = _rotate(qc, cos_c, sin_c), _rotate(kc, cos_c, sin_c)
+        qp, kp = rope(qp, cos_p, sin_p), rope(kp, cos_p, sin_p)
+        qc, kc = rope(qc, cos_c, sin_c), rope(kc, cos_c, sin_c)
         op = F.scaled_dot_product_attention(qp, repeat(kp), repeat(vp), attn_mask=p_mask,
                                             scale=scale)  # (U, Hq, P, D)
         k_all = torch.cat([kp.index_select(0, owner), kc], dim=2)  # (N, Hkv, P+T, D)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -39,8 +40,8 @@ class OptimConfig:
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    # The fused kernel does the whole update in one pass per tensor: 0.07 s instead of 0.24 s
-    # for SmolLM2's 134.5M parameters on this 2-core CPU (the default multi-kernel version).
+    # The fused kernel does the whole update in one pass per tensor instead of several kernels
+    # per tensor (measured in docs/LOG.md, 2026-11).
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
                              weight_decay=cfg.weight_decay, fused=fused)
@@ -60,3 +61,12 @@ def lr_factor(update: int, total_updates: int, cfg: OptimConfig) -> float:
 def build_scheduler(optimizer, cfg: OptimConfig, total_updates: int):
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda update: lr_factor(update, total_updates, cfg))
+
+
+def advance_schedule(scheduler, slots: int) -> None:
+    """Move the schedule past `slots` update slots that no optimizer update used (a mini-batch
+    DAPO filtered away, a step skipped as non-finite), so the lr of step s is fixed by s alone."""
+    with warnings.catch_warnings():  # torch warns when this happens before any optimizer.step()
+        warnings.filterwarnings("ignore", message="Detected call of")
+        for _ in range(slots):
+            scheduler.step()

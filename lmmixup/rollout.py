@@ -10,19 +10,25 @@ Conventions every engine follows (the loss relies on them):
     consecutive rows.
   * The completion mask includes the first stop token (EOS), so the model is trained to stop,
     and excludes everything after it. A row with no stop token is `truncated`.
-  * Log-probs are of the temperature-scaled *full* distribution (log_softmax(logits / tau)),
-    before top-k/top-p filtering. Training computes exactly the same quantity, so at mu = 1 the
-    importance ratio is exactly 1 on the first update.
+  * The sampler's log-probs (`Rollout.rollout_logp`, static engine only) are of the
+    temperature-scaled *full* distribution (log_softmax(logits / tau)), before top-k/top-p
+    filtering: the quantity training computes. In fp32 they match the trainer's up to kernel
+    rounding; with rollout.dtype=bf16 they differ, and the trainer computes its own old
+    log-probs, measures the gap (`mismatch/*` metrics) and may correct it (`algo.rollout_is`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Sequence
 
 import torch
 
+from lmmixup.engine import static_generate
 from lmmixup.errors import require
+from lmmixup.rollout_batch import (  # noqa: F401  (re-exported: the rollout types live there)
+    ROLLOUT_DTYPES, Rollout, completion_mask_from_stops, concat_rollouts, repeat_for_group,
+    select_rows)
 
 
 @dataclass
@@ -37,50 +43,21 @@ class RolloutConfig:
     """nucleus sampling mass (1.0 = off)"""
     top_k: int = 0
     """keep only the k most likely tokens (0 = off)"""
+    dtype: str = "fp32"
+    """fp32 | bf16: precision the static engine samples in (a copy of the policy's weights cast
+    at every call, i.e. after every optimizer step; the policy and optimizer keep theirs)"""
 
     def validate(self) -> None:
-        require(self.engine in ENGINES or self.engine == "static", "rollout.engine",
-                f"unknown engine {self.engine!r}; known: hf, static")
+        require(self.engine in ENGINES, "rollout.engine",
+                f"unknown engine {self.engine!r}; known: {', '.join(ENGINES)}")
         require(self.max_new_tokens > 0, "rollout.max_new_tokens", "must be > 0")
         require(self.temperature > 0, "rollout.temperature", "must be > 0")
         require(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
         require(self.top_k >= 0, "rollout.top_k", "must be >= 0")
-
-
-@dataclass
-class Rollout:
-    """One batch of N = B*G sampled completions, in group order."""
-
-    prompt_ids: torch.Tensor  # (N, P) long, left-padded
-    prompt_mask: torch.Tensor  # (N, P) long, 1 on real prompt tokens
-    completion_ids: torch.Tensor  # (N, T) long, pad after the first stop token
-    completion_mask: torch.Tensor  # (N, T) float, 1 up to and including the first stop token
-    truncated: torch.Tensor  # (N,) bool, True when no stop token was produced
-    logprobs: Optional[torch.Tensor] = None  # (N, T) float, log pi(token) at sampling time
-
-    @property
-    def num_sequences(self) -> int:
-        return self.completion_ids.shape[0]
-
-    @property
-    def completion_lengths(self) -> torch.Tensor:
-        return self.completion_mask.sum(dim=1)  # (N,)
-
-
-def completion_mask_from_stops(completion_ids: torch.Tensor, stop_ids: Sequence[int]):
-    """(N, T) token ids -> mask (N, T) covering up to and including the first stop token,
-    and truncated (N,) for rows with no stop token at all."""
-    is_stop = torch.isin(completion_ids, torch.as_tensor(list(stop_ids), device=completion_ids.device))
-    # number of stop tokens strictly before position t: 0 means "t is at or before the first stop"
-    stops_before = torch.cumsum(is_stop.long(), dim=1) - is_stop.long()  # (N, T)
-    mask = (stops_before == 0).float()  # (N, T)
-    truncated = ~is_stop.any(dim=1)  # (N,)
-    return mask, truncated
-
-
-def repeat_for_group(x: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(B, ...) -> (B*G, ...): each row repeated G times consecutively (group order)."""
-    return x.repeat_interleave(group_size, dim=0)
+        require(self.dtype in ROLLOUT_DTYPES, "rollout.dtype",
+                f"unknown {self.dtype!r}; known: {', '.join(ROLLOUT_DTYPES)}")
+        require(self.dtype == "fp32" or self.engine == "static", "rollout.dtype",
+                "only rollout.engine=static samples in another precision")
 
 
 @torch.no_grad()
@@ -92,9 +69,12 @@ def hf_generate(model, prompt_ids, prompt_mask, cfg: RolloutConfig, group_size: 
     """
     ids = repeat_for_group(prompt_ids, group_size)  # (N, P)
     mask = repeat_for_group(prompt_mask, group_size)  # (N, P)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
+    from transformers import GenerationConfig
+
+    # An explicit config, and use_model_defaults=False: a checkpoint's generation_config.json
+    # (repetition_penalty, suppress_tokens, ...) would otherwise add warpers that the training
+    # log-probs do not include, and the sampled distribution would not be pi.
+    generation = GenerationConfig(
         do_sample=True,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
@@ -102,53 +82,19 @@ def hf_generate(model, prompt_ids, prompt_mask, cfg: RolloutConfig, group_size: 
         max_new_tokens=cfg.max_new_tokens,
         eos_token_id=list(stop_ids),
         pad_token_id=pad_id,
-    )  # (N, P + T') with T' <= max_new_tokens
+    )
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation,
+                         use_model_defaults=False)  # (N, P + T') with T' <= max_new_tokens
     completion = out[:, ids.shape[1]:]  # (N, T')
     completion_mask, truncated = completion_mask_from_stops(completion, stop_ids)
     completion = completion.masked_fill(completion_mask == 0, pad_id)
-    return Rollout(ids, mask, completion, completion_mask, truncated, logprobs=None)
+    return Rollout(ids, mask, completion, completion_mask, truncated, rollout_logp=None)
 
 
 EngineFn = Callable[..., Rollout]
-ENGINES: Dict[str, EngineFn] = {"hf": hf_generate}
+# The one place engines are named; each module defines its engine and registers nothing itself.
+ENGINES: Dict[str, EngineFn] = {"hf": hf_generate, "static": static_generate}
 
 
 def get_engine(name: str) -> EngineFn:
-    if name == "static" and "static" not in ENGINES:
-        import lmmixup.engine  # noqa: F401  (registers "static")
     return ENGINES[name]
-
-
-def _pad_to(x: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
-    missing = width - x.shape[1]
-    if missing == 0:
-        return x
-    pad = torch.full((x.shape[0], missing), value, dtype=x.dtype, device=x.device)
-    return torch.cat([pad, x] if left else [x, pad], dim=1)
-
-
-def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
-    """Stack rollouts of different widths: prompts re-left-padded, completions right-padded."""
-    p = max(r.prompt_ids.shape[1] for r in parts)
-    t = max(r.completion_ids.shape[1] for r in parts)
-    have_logprobs = all(r.logprobs is not None for r in parts)
-    return Rollout(
-        prompt_ids=torch.cat([_pad_to(r.prompt_ids, p, pad_id, True) for r in parts]),
-        prompt_mask=torch.cat([_pad_to(r.prompt_mask, p, 0, True) for r in parts]),
-        completion_ids=torch.cat([_pad_to(r.completion_ids, t, pad_id, False) for r in parts]),
-        completion_mask=torch.cat([_pad_to(r.completion_mask, t, 0, False) for r in parts]),
-        truncated=torch.cat([r.truncated for r in parts]),
-        logprobs=torch.cat([_pad_to(r.logprobs, t, 0.0, False) for r in parts]) if have_logprobs else None,
-    )
-
-
-def select_rows(rollout: Rollout, rows: torch.Tensor) -> Rollout:
-    """The rollout restricted to the given row indices (N',)."""
-    return Rollout(
-        prompt_ids=rollout.prompt_ids[rows],
-        prompt_mask=rollout.prompt_mask[rows],
-        completion_ids=rollout.completion_ids[rows],
-        completion_mask=rollout.completion_mask[rows],
-        truncated=rollout.truncated[rows],
-        logprobs=None if rollout.logprobs is None else rollout.logprobs[rows],
-    )

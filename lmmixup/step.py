@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
 from lmmixup.data.prompts import PromptRow, encode_prompts
-from lmmixup.grpo import AlgoConfig, LossNorm, policy_loss
+from lmmixup.errors import require
+from lmmixup.grpo import (AlgoConfig, LossNorm, MismatchStats, mismatch_stats,
+                          policy_loss, rollout_is_weights, zero_std_groups)
 from lmmixup.logprobs import completion_logprobs
+from lmmixup.optim import advance_schedule
 from lmmixup.rewards.registry import RewardBatch
-from lmmixup.rollout import Rollout, RolloutConfig, get_engine
+from lmmixup.rollout import Rollout, RolloutConfig, concat_rollouts, get_engine, select_rows
 
 
 def sample(model, tokenizer, rows: List[PromptRow], rollout_cfg: RolloutConfig, group_size: int,
@@ -70,8 +73,37 @@ def frozen_logprobs(model, rollout: Rollout, temperature: float, micro_batch_siz
     return torch.cat(out)  # (N, T)
 
 
+@dataclass(frozen=True)
+class UpdateConfig:
+    """How one rollout batch becomes optimizer updates (train.py: `update_config(cfg)`)."""
+
+    algo: AlgoConfig
+    max_new_tokens: int  # T_max, the constant of Dr. GRPO's aggregation
+    mini_batch_size: int  # sequences per optimizer update
+    micro_batch_size: int  # sequences per forward/backward (gradient accumulation)
+    temperature: float  # tau of the log-probs
+    chunk_size: int  # positions per lm_head + log-softmax chunk
+    max_grad_norm: float  # clip the global gradient norm (<= 0: measure only)
+    update_slots: int  # lr-schedule steps this batch owns: mu * (planned N / mini_batch_size)
+
+
+def update_config(cfg) -> UpdateConfig:
+    """The UpdateConfig of a TrainConfig. The schedule's horizon is steps * update_slots: every
+    planned update slot advances it, also one whose mini-batch DAPO filtered away or that was
+    skipped as non-finite, so the lr at step s never depends on what filtering did."""
+    g = cfg.algo.group_size
+    mini_prompts = cfg.mini_batch_prompts or cfg.prompts_per_step
+    return UpdateConfig(
+        algo=cfg.algo, max_new_tokens=cfg.rollout.max_new_tokens, mini_batch_size=mini_prompts * g,
+        micro_batch_size=cfg.micro_batch_size, temperature=cfg.rollout.temperature,
+        chunk_size=cfg.logprob_chunk_size, max_grad_norm=cfg.optim.max_grad_norm,
+        update_slots=cfg.algo.num_iterations * (cfg.prompts_per_step // mini_prompts))
+
+
 @dataclass
 class UpdateStats:
+    """What one rollout batch's updates did; token means over the mini-batches actually applied."""
+
     loss: float = 0.0
     kl: float = 0.0
     entropy: float = 0.0
@@ -80,102 +112,201 @@ class UpdateStats:
     clip_frac_low: float = 0.0
     clip_frac_high: float = 0.0
     grad_norm: float = 0.0
+    lr: float = 0.0  # mean learning rate of the applied updates (the rate they used)
     updates: int = 0
     skipped_nonfinite: List[str] = field(default_factory=list)
+    mismatch: Optional[MismatchStats] = None  # sampler vs trainer, when the rollout has log-probs
+    is_frac_tokens_truncated: float = 0.0  # rollout correction: tokens whose weight was capped
+    is_frac_seqs_masked: float = 0.0  # rollout correction: sequences dropped from the loss
+
+
+@dataclass
+class _Sums:
+    """Token-summed statistics of one mini-batch, added to the step's only if it is applied."""
+
+    tokens: float = 0.0
+    kl: float = 0.0
+    ratio: float = 0.0
+    ratio_max: float = 0.0
+    clip_low: float = 0.0
+    clip_high: float = 0.0
+    entropy: float = 0.0
+    entropy_tokens: float = 0.0
+    loss: float = 0.0
+
+    def add(self, other: "_Sums") -> None:
+        for f in ("tokens", "kl", "ratio", "clip_low", "clip_high", "entropy", "entropy_tokens",
+                  "loss"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        self.ratio_max = max(self.ratio_max, other.ratio_max)
 
 
 def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch.Tensor,
                 old_logp: Optional[torch.Tensor], ref_logp: Optional[torch.Tensor],
-                algo: AlgoConfig, max_new_tokens: int, mini_batch_size: int,
-                micro_batch_size: int, temperature: float, chunk_size: int,
-                max_grad_norm: float) -> UpdateStats:
+                cfg: UpdateConfig) -> UpdateStats:
     """mu passes of optimizer updates over one rollout batch.
 
     advantages (N,); old_logp, ref_logp (N, T) or None. old_logp None means "the policy that
     sampled is the policy being updated" (mu = 1 and a single mini-batch): the detached current
     log-probs then stand in for it, so the ratio is exactly 1 and the clip is inactive, by design.
-    A mini-batch whose loss or gradient is not finite is skipped before the weights change.
+    rollout.rollout_logp (the sampler's log-probs, when the engine records them) is compared with
+    the old log-probs (`stats.mismatch`) and feeds the rollout correction `cfg.algo.rollout_is`.
+    A mini-batch whose loss or gradient is not finite is skipped before the weights change, and
+    its statistics are dropped; it still consumes its lr-schedule slot, as does every planned
+    slot this (possibly DAPO-filtered, smaller) batch has no mini-batch for.
     """
+    algo = cfg.algo
     n = rollout.num_sequences
     mask = loss_mask(rollout, algo)  # (N, T)
+    rollout_logp = rollout.rollout_logp  # (N, T) or None
+    require(rollout_logp is not None or algo.rollout_is == "none", "algo.rollout_is",
+            "needs an engine that records sampling log-probs (rollout.engine=static)")
     params = [p for p in model.parameters() if p.requires_grad]
     stats = UpdateStats()
-    tokens_seen = kl_sum = ratio_sum = clip_low = clip_high = ent_sum = ent_tokens = 0.0
-    loss_total = grad_total = 0.0
+    total = _Sums()
+    grad_total = lr_total = 0.0
+    slots = 0
+    seen_old = torch.zeros_like(mask) if old_logp is None else old_logp  # (N, T), trainer's
     for iteration in range(algo.num_iterations):
-        for mb_start in range(0, n, mini_batch_size):
-            mb = range(mb_start, min(n, mb_start + mini_batch_size))
+        for mb_start in range(0, n, cfg.mini_batch_size):
+            mb = range(mb_start, min(n, mb_start + cfg.mini_batch_size))
             norm = LossNorm(num_sequences=len(mb), num_tokens=int(mask[mb_start:mb.stop].sum()),
-                            max_len=max_new_tokens)
+                            max_len=cfg.max_new_tokens,
+                            num_micro_batches=math.ceil(len(mb) / cfg.micro_batch_size))
             optimizer.zero_grad(set_to_none=True)
-            mb_loss, finite = 0.0, True
-            for s in range(mb.start, mb.stop, micro_batch_size):
-                sl = slice(s, min(mb.stop, s + micro_batch_size))
+            sums, finite = _Sums(), True
+            for s in range(mb.start, mb.stop, cfg.micro_batch_size):
+                sl = slice(s, min(mb.stop, s + cfg.micro_batch_size))
                 logp, entropy = completion_logprobs(
                     model, rollout.prompt_ids[sl], rollout.prompt_mask[sl],
-                    rollout.completion_ids[sl], temperature, chunk_size,
+                    rollout.completion_ids[sl], cfg.temperature, cfg.chunk_size,
                     with_entropy=iteration == 0)  # (n, T)
-                old = logp.detach() if old_logp is None else old_logp[sl]
+                old = logp.detach() if old_logp is None else old_logp[sl]  # (n, T)
+                if old_logp is None:
+                    seen_old[sl] = old
+                weights = None
+                if algo.rollout_is != "none":
+                    weights = rollout_is_weights(old, rollout_logp[sl], mask[sl], algo.rollout_is,
+                                                 algo.rollout_is_cap).weights  # (n, T)
                 ref = None if ref_logp is None else ref_logp[sl]
-                parts = policy_loss(logp, old, ref, advantages[sl], mask[sl], algo, norm)
+                parts = policy_loss(logp, old, ref, advantages[sl], mask[sl], algo, norm,
+                                    is_weights=weights)
                 if not torch.isfinite(parts.loss):
                     finite = False
                     stats.skipped_nonfinite.append("loss")
                     break
                 parts.loss.backward()
-                mb_loss += float(parts.loss.detach())
-                tokens_seen += parts.tokens
-                kl_sum += parts.kl_sum
-                ratio_sum += parts.ratio_sum
-                clip_low += parts.clip_low_sum
-                clip_high += parts.clip_high_sum
-                stats.ratio_max = max(stats.ratio_max, parts.ratio_max)
+                sums.add(_Sums(tokens=parts.tokens, kl=parts.kl_sum, ratio=parts.ratio_sum,
+                               ratio_max=parts.ratio_max, clip_low=parts.clip_low_sum,
+                               clip_high=parts.clip_high_sum, loss=float(parts.loss.detach())))
                 if entropy is not None:
-                    ent_sum += float((entropy * mask[sl]).sum())
-                    ent_tokens += float(mask[sl].sum())
+                    sums.add(_Sums(entropy=float((entropy * mask[sl]).sum()),
+                                   entropy_tokens=float(mask[sl].sum())))
             if finite:
-                clip_to = max_grad_norm if max_grad_norm > 0 else math.inf
+                clip_to = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
                 if not math.isfinite(grad_norm):
                     finite = False
                     stats.skipped_nonfinite.append("gradient")
+            slots += 1
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
+                advance_schedule(scheduler, 1)  # the skipped update keeps its place in the schedule
                 continue
+            lr_total += optimizer.param_groups[0]["lr"]  # the rate this update uses
             optimizer.step()
             scheduler.step()
             stats.updates += 1
-            loss_total += mb_loss
+            total.add(sums)
             grad_total += grad_norm
+    require(slots <= cfg.update_slots, "mini_batch_prompts",
+            f"the batch needed {slots} updates, more than its {cfg.update_slots} planned slots")
+    advance_schedule(scheduler, cfg.update_slots - slots)  # slots of groups DAPO filtered away
     optimizer.zero_grad(set_to_none=True)
-    tokens_seen = max(tokens_seen, 1.0)
-    stats.loss = loss_total / max(stats.updates, 1)
-    stats.grad_norm = grad_total / max(stats.updates, 1)
-    stats.kl = kl_sum / tokens_seen
-    stats.ratio_mean = ratio_sum / tokens_seen
-    stats.clip_frac_low = clip_low / tokens_seen
-    stats.clip_frac_high = clip_high / tokens_seen
-    stats.entropy = ent_sum / max(ent_tokens, 1.0)
+    tokens = max(total.tokens, 1.0)
+    applied = max(stats.updates, 1)
+    stats.loss = total.loss / applied
+    stats.grad_norm = grad_total / applied
+    stats.lr = lr_total / applied
+    stats.kl = total.kl / tokens
+    stats.ratio_mean = total.ratio / tokens
+    stats.ratio_max = total.ratio_max
+    stats.clip_frac_low = total.clip_low / tokens
+    stats.clip_frac_high = total.clip_high / tokens
+    stats.entropy = total.entropy / max(total.entropy_tokens, 1.0)
+    if rollout_logp is not None:
+        stats.mismatch = mismatch_stats(seen_old, rollout_logp, mask)
+        correction = rollout_is_weights(seen_old, rollout_logp, mask, algo.rollout_is,
+                                        algo.rollout_is_cap)
+        stats.is_frac_tokens_truncated = correction.frac_tokens_truncated
+        stats.is_frac_seqs_masked = correction.frac_seqs_masked
     return stats
 
 
-def reward_metrics(total: torch.Tensor, components: Dict[str, torch.Tensor]) -> Dict[str, float]:
-    out = {"reward/total_mean": float(total.mean()), "reward/total_std": float(total.std())}
+def reward_metrics(total: torch.Tensor, components: Dict[str, torch.Tensor],
+                   prefix: str = "reward") -> Dict[str, float]:
+    """Means and (Bessel) stds of the mixed reward and of each component, under `prefix/`."""
+    out = {f"{prefix}/total_mean": float(total.mean()), f"{prefix}/total_std": float(total.std())}
     for name, values in components.items():
-        out[f"reward/{name}_mean"] = float(values.mean())
-        out[f"reward/{name}_std"] = float(values.std())
+        out[f"{prefix}/{name}_mean"] = float(values.mean())
+        out[f"{prefix}/{name}_std"] = float(values.std())
     return out
+
+
+def update_metrics(stats: UpdateStats) -> Dict[str, float]:
+    """The sampler-vs-trainer mismatch and the rollout correction's cuts, when measured."""
+    if stats.mismatch is None:
+        return {}
+    m = stats.mismatch
+    return {"mismatch/abs_logp_diff_mean": m.abs_diff_mean, "mismatch/abs_logp_diff_max": m.abs_diff_max,
+            "mismatch/kl_k3": m.kl_k3, "mismatch/chi2_token": m.chi2_token,
+            "mismatch/chi2_seq": m.chi2_seq, "mismatch/ess": m.ess,
+            "mismatch/is_ratio_min": m.ratio_min, "mismatch/is_ratio_mean": m.ratio_mean,
+            "mismatch/is_ratio_max": m.ratio_max,
+            "mismatch/frac_tokens_truncated": stats.is_frac_tokens_truncated,
+            "mismatch/frac_seqs_masked": stats.is_frac_seqs_masked}
+
+
+def frac_zero_std_groups(total: torch.Tensor, group_size: int) -> float:
+    """(N,) rewards in group order -> the fraction of groups whose rewards are all equal."""
+    return float(zero_std_groups(total, group_size).float().mean())
+
+
+class _Round(NamedTuple):
+    """One rollout round, or the part of it that survived filtering."""
+
+    rollout: Rollout
+    texts: RewardBatch
+    total: torch.Tensor  # (n,)
+    components: Dict[str, torch.Tensor]  # name -> (n,)
+
+    def select(self, seq: torch.Tensor) -> "_Round":
+        """The rows seq (n',) of this round."""
+        return _Round(select_rows(self.rollout, seq), self.texts.select(seq.tolist()),
+                      self.total[seq], {k: v[seq] for k, v in self.components.items()})
+
+
+def _concat_texts(parts: Sequence[RewardBatch]) -> RewardBatch:
+    return RewardBatch(prompts=[x for p in parts for x in p.prompts],
+                       completions=[x for p in parts for x in p.completions],
+                       references=[x for p in parts for x in p.references],
+                       tasks=[x for p in parts for x in p.tasks],
+                       completion_tokens=[x for p in parts for x in p.completion_tokens])
 
 
 @dataclass
 class ScoredBatch:
-    """A rollout with its prompts and rewards, after optional zero-signal group filtering."""
+    """What one step trains on, after optional zero-signal group filtering, and what it sampled.
 
-    rollout: Rollout
-    rows: List[PromptRow]  # B' rows, one per group
-    texts: RewardBatch
+    Without filtering the sampled_* fields hold the same values as total / components.
+    """
+
+    rollout: Rollout  # N' = B'*G rows, B' <= B groups
+    texts: RewardBatch  # the decoded texts of those rows (for rollout dumps)
     total: torch.Tensor  # (N',) mixed reward
     components: Dict[str, torch.Tensor]  # name -> (N',)
+    sampled_total: torch.Tensor  # (M,) every completion sampled this step, all rounds, unfiltered
+    sampled_components: Dict[str, torch.Tensor]  # name -> (M,)
     rounds: int  # rollout rounds used (> 1 only with DAPO-style resampling)
     dropped_groups: int  # zero-std groups filtered out
 
@@ -184,48 +315,38 @@ def collect(next_rows, sample_fn, score_fn, batch_prompts: int, algo: AlgoConfig
             pad_id: int) -> ScoredBatch:
     """Sample and score B prompts. With algo.filter_zero_std_groups, groups whose rewards are
     all equal are dropped and fresh prompts are sampled, up to algo.max_resample_rounds extra
-    rounds (DAPO's dynamic sampling); the batch may end up smaller than B, never larger."""
-    from lmmixup.grpo import zero_std_groups
-    from lmmixup.rollout import concat_rollouts, select_rows
+    rounds (DAPO's dynamic sampling); the batch may end up smaller than B, never larger.
 
+    next_rows(k) -> k PromptRows; sample_fn(rows) -> Rollout; score_fn(rollout, rows) ->
+    (RewardBatch, total (n,), components)."""
     g = algo.group_size
-    kept: List[tuple] = []
-    kept_groups, dropped, rounds = 0, 0, 0
-    first = None
-    while rounds <= (algo.max_resample_rounds if algo.filter_zero_std_groups else 0):
-        rows = next_rows(batch_prompts if rounds == 0 else batch_prompts - kept_groups)
+    sampled: List[_Round] = []
+    kept: List[_Round] = []
+    kept_groups, dropped = 0, 0
+    max_rounds = 1 + (algo.max_resample_rounds if algo.filter_zero_std_groups else 0)
+    while len(sampled) < max_rounds and kept_groups < batch_prompts:
+        rows = next_rows(batch_prompts - kept_groups)
         rollout = sample_fn(rows)
-        texts, total, components = score_fn(rollout, rows)
-        rounds += 1
-        if first is None:
-            first = (rollout, rows, texts, total, components)
+        round_ = _Round(rollout, *score_fn(rollout, rows))
+        sampled.append(round_)
         if not algo.filter_zero_std_groups:
-            kept.append(first)
+            kept.append(round_)
             break
-        keep = ~zero_std_groups(total, g)  # (B,)
+        keep = ~zero_std_groups(round_.total, g)  # (b,)
         dropped += int((~keep).sum())
         if keep.any():
-            seq = keep.repeat_interleave(g).nonzero().squeeze(1)  # (N',)
-            kept.append((select_rows(rollout, seq), [r for r, k in zip(rows, keep) if k],
-                         texts.select(seq.tolist()), total[seq],
-                         {k: v[seq] for k, v in components.items()}))
+            kept.append(round_.select(keep.repeat_interleave(g).nonzero().squeeze(1)))  # (n',)
             kept_groups += int(keep.sum())
-        if kept_groups >= batch_prompts:
-            break
-    if not kept:  # every group was flat: train on the first batch (all advantages are 0)
-        kept = [first]
-    rollout = concat_rollouts([k[0] for k in kept], pad_id) if len(kept) > 1 else kept[0][0]
-    texts = kept[0][2]
-    for k in kept[1:]:
-        texts = RewardBatch(*(a + b for a, b in zip(
-            (texts.prompts, texts.completions, texts.references, texts.tasks, texts.completion_tokens),
-            (k[2].prompts, k[2].completions, k[2].references, k[2].tasks, k[2].completion_tokens))))
+    if not kept:  # every group was flat: train on the first round (all advantages are 0)
+        kept = [sampled[0]]
+    names = list(sampled[0].components)
     return ScoredBatch(
-        rollout=rollout,
-        rows=[r for k in kept for r in k[1]],
-        texts=texts,
-        total=torch.cat([k[3] for k in kept]),
-        components={name: torch.cat([k[4][name] for k in kept]) for name in kept[0][4]},
-        rounds=rounds,
+        rollout=concat_rollouts([k.rollout for k in kept], pad_id) if len(kept) > 1 else kept[0].rollout,
+        texts=_concat_texts([k.texts for k in kept]),
+        total=torch.cat([k.total for k in kept]),
+        components={name: torch.cat([k.components[name] for k in kept]) for name in names},
+        sampled_total=torch.cat([r.total for r in sampled]),
+        sampled_components={name: torch.cat([r.components[name] for r in sampled]) for name in names},
+        rounds=len(sampled),
         dropped_groups=dropped,
     )

@@ -156,6 +156,13 @@ ROWS = [
     R("config-dump-every", "logger.dump_every=-2",
       "logger.dump_every: must be -1 (auto), 0 (never) or a step interval > 0, got -2"),
     R("config-hacking-window", "hacking.window=0", "hacking.window: must be >= 1"),
+    R("checkpoint-changed-steps", "resume=auto steps=2",
+      "<run>/checkpoints/step_000001: checkpoint was written with a different config: "
+      "steps=2 (checkpoint: 1); resume with the same settings or start a new run", run="<run>"),
+    R("config-bf16-rollout-on-hf-engine", "rollout.engine=hf rollout.dtype=bf16",
+      "rollout.dtype: only rollout.engine=static samples in another precision"),
+    R("config-rollout-is-without-sampler-logprobs", "rollout.engine=hf algo.rollout_is=token_tis",
+      "algo.rollout_is: needs an engine that records sampling log-probs (rollout.engine=static)"),
 ]
 # A reward registered by this file (`nan_probe`) scores 0.5 at step 1, then NaN.
 NONFINITE_ROWS = [

@@ -115,7 +115,7 @@ def test_greedy_stops_match_hf_including_a_stop_at_the_first_step(compact):
     lengths = ours.completion_mask.sum(1).long()
     for n in range(4):  # pad and log-prob 0 after the stop token
         assert (ours.completion_ids[n, lengths[n]:] == PAD).all()
-        assert (ours.logprobs[n, lengths[n]:] == 0).all()
+        assert (ours.rollout_logp[n, lengths[n]:] == 0).all()
 
 
 def test_loop_ends_when_every_row_has_stopped():
@@ -141,8 +141,8 @@ def test_recorded_logprobs_equal_a_fresh_forward(make, filtered):
     out = static_generate(model, ids, mask, cfg, 3, [5, 7], PAD)  # a few rows may stop early
     fresh = _fresh_logprobs(model, out, cfg.temperature)  # (N, T)
     m = out.completion_mask.bool()
-    assert torch.allclose(out.logprobs[m], fresh[m], atol=1e-4, rtol=0)
-    assert (out.logprobs[~m] == 0).all()
+    assert torch.allclose(out.rollout_logp[m], fresh[m], atol=1e-4, rtol=0)
+    assert (out.rollout_logp[~m] == 0).all()
 
 
 def test_sampling_is_seeded_by_the_global_rng_and_prefill_is_shared_by_the_group():
@@ -272,4 +272,4 @@ def test_smollm2_logprobs_equal_a_fresh_forward(smollm2):
                           RolloutConfig(max_new_tokens=12, temperature=0.9), 2, [],
                           tok.pad_token_id)
     fresh = _fresh_logprobs(model, out, 0.9)
-    assert torch.allclose(out.logprobs, fresh, atol=1e-4, rtol=0)
+    assert torch.allclose(out.rollout_logp, fresh, atol=1e-4, rtol=0)

@@ -87,10 +87,10 @@ def test_sequence_level_ratio_is_mean_log_ratio():
 def test_aggregations_by_hand():
     tl = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    norm = LossNorm(num_sequences=2, num_tokens=4, max_len=3)
+    norm = LossNorm(num_sequences=2, num_tokens=4, max_len=3, num_micro_batches=1)
     # grpo: sequence means 2 and 4 -> 3
     assert aggregate(tl, mask, norm, "grpo").item() == pytest.approx(3.0)
-    # bnpo / dapo: 10 / 4 tokens = 2.5
+    # dapo: 10 / 4 tokens = 2.5; bnpo with one micro-batch is the same token mean
     assert aggregate(tl, mask, norm, "bnpo").item() == pytest.approx(2.5)
     assert aggregate(tl, mask, norm, "dapo").item() == pytest.approx(2.5)
     # dr_grpo: 10 / (2 sequences * 3 max_len) = 1.6667
@@ -135,7 +135,7 @@ def test_vectorised_loss_matches_naive_loop(loss, level):
     lengths = torch.tensor([5, 1, 3, 4, 2, 5])
     mask = (torch.arange(t)[None, :] < lengths[:, None]).float()
     cfg = AlgoConfig(beta=0.1, loss=loss, ratio_level=level, eps_low=0.2, eps_high=0.28)
-    norm = LossNorm(num_sequences=n, num_tokens=int(mask.sum()), max_len=t)
+    norm = LossNorm(num_sequences=n, num_tokens=int(mask.sum()), max_len=t, num_micro_batches=1)
     got = policy_loss(logp, old, ref, adv, mask, cfg, norm).loss.item()
     want = naive_loss(logp, old, ref, adv, mask, cfg, t)
     assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
@@ -147,7 +147,7 @@ def test_loss_parts_statistics():
     logp = torch.tensor([[math.log(1.5), math.log(0.5), 5.0]])
     parts = policy_loss(logp, torch.zeros(1, 3), None, torch.tensor([1.0]),
                         torch.tensor([[1.0, 1.0, 0.0]]), AlgoConfig(beta=0.0),
-                        LossNorm(1, 2, 3))
+                        LossNorm(1, 2, 3, 1))
     assert parts.tokens == 2
     assert parts.ratio_sum / parts.tokens == pytest.approx(1.0)
     assert parts.ratio_max == pytest.approx(1.5)

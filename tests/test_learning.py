@@ -7,7 +7,7 @@ from lmmixup.grpo import AlgoConfig, group_advantages
 from lmmixup.models import stop_token_ids
 from lmmixup.optim import OptimConfig, build_optimizer, build_scheduler
 from lmmixup.rollout import RolloutConfig
-from lmmixup.step import grpo_update, reward_batch, sample
+from lmmixup.step import UpdateConfig, grpo_update, reward_batch, sample
 
 
 def space_fraction(text: str) -> float:
@@ -34,8 +34,11 @@ def test_tiny_model_learns_a_learnable_reward(tiny_model, tiny_tokenizer):
         texts = reward_batch(tiny_tokenizer, rollout, batch_rows, G)
         rewards = torch.tensor([space_fraction(c) for c in texts.completions])
         means.append(float(rewards.mean()))
-        grpo_update(tiny_model, optimizer, scheduler, rollout, group_advantages(rewards, G), None,
-                    None, algo, T, B * G, B * G, 1.0, 1024, 1.0)
+        grpo_update(tiny_model, optimizer, scheduler, rollout, group_advantages(rewards, G),
+                    old_logp=None, ref_logp=None,
+                    cfg=UpdateConfig(algo=algo, max_new_tokens=T, mini_batch_size=B * G,
+                                     micro_batch_size=B * G, temperature=1.0, chunk_size=1024,
+                                     max_grad_norm=1.0, update_slots=1))
     first, last = sum(means[:5]) / 5, sum(means[-5:]) / 5
     # Random text sits near 0.1; a policy that learned writes mostly word-initial tokens.
     assert last > first + 0.15, means

@@ -74,9 +74,11 @@ def test_weighted_mix_by_hand():
 
 
 def test_group_normalisation_by_hand():
-    # group (1, 3): mean 2, population std 1 -> (-1, 1); flat group (5, 5) -> (0, 0)
+    # group (1, 3): mean 2, Bessel std sqrt((1 + 1) / 1) = sqrt(2) -> (-1, 1) / (sqrt(2) + eps);
+    # flat group (5, 5) -> (0, 0)
     out = group_normalize(torch.tensor([1.0, 3.0, 5.0, 5.0]), 2, eps=1e-4)
-    assert torch.allclose(out, torch.tensor([-1 / (1 + 1e-4), 1 / (1 + 1e-4), 0.0, 0.0]))
+    s = 2**0.5 + 1e-4
+    assert torch.allclose(out, torch.tensor([-1 / s, 1 / s, 0.0, 0.0]))
 
 
 def test_a_failing_reward_names_itself_and_the_sample():

@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT
 from lmmixup.checkpoint import find_resume_checkpoint
 from lmmixup.grpo import AlgoConfig
-from lmmixup.step import grpo_update
+from lmmixup.step import UpdateConfig, grpo_update
 
 ARGS = ["experiment=smoke", "steps=5", "checkpoint.every=1", "checkpoint.keep_last=2"]
 TIMING_KEYS = ("time/", "rollout/tokens_per_s")
@@ -104,8 +104,11 @@ def test_injected_inf_gradient_is_skipped(tiny_model):
     handle = layer.register_hook(lambda g: torch.full_like(g, float("inf")))
     opt = torch.optim.AdamW(tiny_model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    stats = grpo_update(tiny_model, opt, sched, rollout, torch.tensor([1.0, -1.0, 0.5, -0.5]), None,
-                        None, AlgoConfig(group_size=2, beta=0.0), t, n, n, 1.0, 64, 1.0)
+    stats = grpo_update(tiny_model, opt, sched, rollout, torch.tensor([1.0, -1.0, 0.5, -0.5]),
+                        old_logp=None, ref_logp=None,
+                        cfg=UpdateConfig(algo=AlgoConfig(group_size=2, beta=0.0), max_new_tokens=t,
+                                         mini_batch_size=n, micro_batch_size=n, temperature=1.0,
+                                         chunk_size=64, max_grad_norm=1.0, update_slots=1))
     handle.remove()
     assert stats.updates == 0 and stats.skipped_nonfinite == ["gradient"]
     assert not opt.state  # AdamW never stepped: no moments were created

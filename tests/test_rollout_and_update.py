@@ -5,7 +5,7 @@ import torch
 
 from lmmixup.grpo import AlgoConfig
 from lmmixup.rollout import Rollout, completion_mask_from_stops, concat_rollouts, select_rows
-from lmmixup.step import grpo_update
+from lmmixup.step import UpdateConfig, grpo_update
 
 
 def test_completion_mask_includes_first_eos_and_nothing_after():
@@ -21,7 +21,7 @@ def test_completion_mask_includes_first_eos_and_nothing_after():
 def _rollout(p_len, t_len, n, fill):
     return Rollout(prompt_ids=torch.full((n, p_len), fill), prompt_mask=torch.ones(n, p_len, dtype=torch.long),
                    completion_ids=torch.full((n, t_len), fill), completion_mask=torch.ones(n, t_len),
-                   truncated=torch.zeros(n, dtype=torch.bool), logprobs=torch.zeros(n, t_len))
+                   truncated=torch.zeros(n, dtype=torch.bool), rollout_logp=torch.zeros(n, t_len))
 
 
 def test_concat_repads_prompts_left_and_completions_right():
@@ -44,10 +44,10 @@ def _uneven_rollout(vocab: int, n: int = 6, p: int = 5, t: int = 7) -> Rollout:
     lengths = torch.tensor([7, 1, 4, 2, 6, 3])  # very uneven completion lengths
     completion_mask = (torch.arange(t)[None] < lengths[:, None]).float()
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask,
-                   truncated=lengths == t, logprobs=None)
+                   truncated=lengths == t, rollout_logp=None)
 
 
-@pytest.mark.parametrize("loss", ["grpo", "bnpo", "dr_grpo"])
+@pytest.mark.parametrize("loss", ["grpo", "dapo", "dr_grpo"])
 def test_gradient_accumulation_is_exact_for_any_split(tiny_model, loss):
     """One SGD(lr=1) update: the parameter change is minus the gradient. Splitting the same
     mini-batch into micro-batches of 1, 4 or 6 sequences must give the same change."""
@@ -61,9 +61,10 @@ def test_gradient_accumulation_is_exact_for_any_split(tiny_model, loss):
         tiny_model.load_state_dict(start)
         opt = torch.optim.SGD(tiny_model.parameters(), lr=1.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-        grpo_update(tiny_model, opt, sched, rollout, adv, old, None, algo, max_new_tokens=7,
-                    mini_batch_size=6, micro_batch_size=micro, temperature=1.0, chunk_size=5,
-                    max_grad_norm=0.0)
+        grpo_update(tiny_model, opt, sched, rollout, adv, old_logp=old, ref_logp=None,
+                    cfg=UpdateConfig(algo=algo, max_new_tokens=7, mini_batch_size=6,
+                                     micro_batch_size=micro, temperature=1.0, chunk_size=5,
+                                     max_grad_norm=0.0, update_slots=1))
         deltas.append(torch.cat([(p.detach() - start[n]).flatten()
                                  for n, p in tiny_model.named_parameters()]))
     assert deltas[0].abs().max() > 1e-4  # the update really moved the weights
@@ -77,8 +78,10 @@ def test_nonfinite_gradient_skips_update(tiny_model):
     adv = torch.tensor([float("inf"), 1.0, 0.0, 0.0, 0.0, 0.0])  # inf advantage -> inf loss
     opt = torch.optim.SGD(tiny_model.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    stats = grpo_update(tiny_model, opt, sched, rollout, adv, None, None,
-                        AlgoConfig(group_size=2, beta=0.0), 7, 6, 3, 1.0, 64, 1.0)
+    stats = grpo_update(tiny_model, opt, sched, rollout, adv, old_logp=None, ref_logp=None,
+                        cfg=UpdateConfig(algo=AlgoConfig(group_size=2, beta=0.0), max_new_tokens=7,
+                                         mini_batch_size=6, micro_batch_size=3, temperature=1.0,
+                                         chunk_size=64, max_grad_norm=1.0, update_slots=1))
     assert stats.updates == 0 and stats.skipped_nonfinite == ["loss"]
     for k, v in tiny_model.state_dict().items():
         assert torch.equal(v, start[k])

@@ -77,13 +77,13 @@ class LengthRewardConfig:
 @dataclass
 class OverlongRewardConfig:
     max_tokens: int = 128
-    """L_max: completions longer than this get the full -1 penalty (set to rollout.max_new_tokens)"""
+    """L_max: completions longer than this get the full -1 penalty (conf/config.yaml ties it to
+    rollout.max_new_tokens)"""
     buffer_tokens: int = 32
     """L_cache: the penalty ramps linearly from 0 to -1 over the last buffer_tokens before L_max"""
 
     def validate(self) -> None:
-        require(0 < self.buffer_tokens <= self.max_tokens, "reward.overlong.buffer_tokens",
-                "must be in (0, reward.overlong.max_tokens]")
+        require(self.buffer_tokens > 0, "reward.overlong.buffer_tokens", "must be > 0")
 
 
 @dataclass
@@ -111,6 +111,9 @@ class RewardConfig:
             require(w >= 0 and math.isfinite(w), f"reward.weights.{name}",
                     f"weights must be finite and >= 0, got {w}")
         require(self.group_norm_eps > 0, "reward.group_norm_eps", "must be > 0")
+        if "overlong" in self.weights:  # max_tokens follows rollout.max_new_tokens, may be small
+            require(self.overlong.buffer_tokens <= self.overlong.max_tokens,
+                    "reward.overlong.buffer_tokens", "must be in (0, reward.overlong.max_tokens]")
         self.embedder.validate()
         self.alignment.validate()
         self.quality.validate()
@@ -158,10 +161,13 @@ def _score_one_reward(name: str, fn: RewardFn, batch: RewardBatch) -> torch.Tens
 
 
 def group_normalize(scores: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
-    """(N,) -> (N,): standardise within each group of G consecutive completions."""
+    """(N,) -> (N,): standardise within each group of G consecutive completions, with the same
+    std as the advantages (lmmixup.grpo.group_std)."""
+    from lmmixup.grpo import group_std
+
     grouped = scores.view(-1, group_size)  # (B, G)
     mean = grouped.mean(dim=1, keepdim=True)  # (B, 1)
-    std = grouped.std(dim=1, unbiased=False, keepdim=True)  # (B, 1)
+    std = group_std(grouped)  # (B, 1), Bessel-corrected: the advantages' convention
     return ((grouped - mean) / (std + eps)).view(-1)  # (N,)
 
 

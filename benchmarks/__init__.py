@@ -1,0 +1,1 @@
+"""Benchmarks of lmmixup against HF and TRL; run them with `python -m lmmixup.bench`."""
