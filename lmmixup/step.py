@@ -275,23 +275,28 @@ def frac_zero_std_groups(total: torch.Tensor, group_size: int) -> float:
 class _Round(NamedTuple):
     """One rollout round, or the part of it that survived filtering."""
 
+    rows: List[PromptRow]  # (b,) one per group
     rollout: Rollout
     texts: RewardBatch
-    total: torch.Tensor  # (n,)
+    total: torch.Tensor  # (n,) n = b*G
     components: Dict[str, torch.Tensor]  # name -> (n,)
 
-    def select(self, seq: torch.Tensor) -> "_Round":
-        """The rows seq (n',) of this round."""
-        return _Round(select_rows(self.rollout, seq), self.texts.select(seq.tolist()),
+    def select_groups(self, keep: torch.Tensor, group_size: int) -> "_Round":
+        """The groups keep (b,) bool of this round, with all G rows of each."""
+        seq = keep.repeat_interleave(group_size).nonzero().squeeze(1)  # (n',)
+        return _Round([r for r, k in zip(self.rows, keep.tolist()) if k],
+                      select_rows(self.rollout, seq), self.texts.select(seq.tolist()),
                       self.total[seq], {k: v[seq] for k, v in self.components.items()})
 
 
 def _concat_texts(parts: Sequence[RewardBatch]) -> RewardBatch:
+    known = all(p.truncated is not None for p in parts)
     return RewardBatch(prompts=[x for p in parts for x in p.prompts],
                        completions=[x for p in parts for x in p.completions],
                        references=[x for p in parts for x in p.references],
                        tasks=[x for p in parts for x in p.tasks],
-                       completion_tokens=[x for p in parts for x in p.completion_tokens])
+                       completion_tokens=[x for p in parts for x in p.completion_tokens],
+                       truncated=[x for p in parts for x in p.truncated] if known else None)
 
 
 @dataclass
@@ -302,6 +307,7 @@ class ScoredBatch:
     """
 
     rollout: Rollout  # N' = B'*G rows, B' <= B groups
+    rows: List[PromptRow]  # (B',) the prompt row of each kept group
     texts: RewardBatch  # the decoded texts of those rows (for rollout dumps)
     total: torch.Tensor  # (N',) mixed reward
     components: Dict[str, torch.Tensor]  # name -> (N',)
@@ -327,7 +333,7 @@ def collect(next_rows, sample_fn, score_fn, batch_prompts: int, algo: AlgoConfig
     while len(sampled) < max_rounds and kept_groups < batch_prompts:
         rows = next_rows(batch_prompts - kept_groups)
         rollout = sample_fn(rows)
-        round_ = _Round(rollout, *score_fn(rollout, rows))
+        round_ = _Round(rows, rollout, *score_fn(rollout, rows))
         sampled.append(round_)
         if not algo.filter_zero_std_groups:
             kept.append(round_)
@@ -335,13 +341,14 @@ def collect(next_rows, sample_fn, score_fn, batch_prompts: int, algo: AlgoConfig
         keep = ~zero_std_groups(round_.total, g)  # (b,)
         dropped += int((~keep).sum())
         if keep.any():
-            kept.append(round_.select(keep.repeat_interleave(g).nonzero().squeeze(1)))  # (n',)
+            kept.append(round_.select_groups(keep, g))  # n' = b' * G rows
             kept_groups += int(keep.sum())
     if not kept:  # every group was flat: train on the first round (all advantages are 0)
         kept = [sampled[0]]
     names = list(sampled[0].components)
     return ScoredBatch(
         rollout=concat_rollouts([k.rollout for k in kept], pad_id) if len(kept) > 1 else kept[0].rollout,
+        rows=[r for k in kept for r in k.rows],
         texts=_concat_texts([k.texts for k in kept]),
         total=torch.cat([k.total for k in kept]),
         components={name: torch.cat([k.components[name] for k in kept]) for name in names},

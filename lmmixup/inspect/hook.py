@@ -89,7 +89,7 @@ class StepInspector:
     def _dump(self, step, batch, advantages, terms, old_logp, ref_logp) -> None:
         cfg, rollout, texts = self.cfg, batch.rollout, batch.texts
         tokens = TokenTensors(token_ids=rollout.completion_ids, mask=rollout.completion_mask,
-                              logprobs=rollout.logprobs, old_logprobs=old_logp,
+                              logprobs=rollout.rollout_logp, old_logprobs=old_logp,
                               ref_logprobs=ref_logp)
         summary = summarise_tokens(tokens, cfg.algo.kl_estimator, cfg.algo.kl_clamp,
                                    cfg.algo.eps_low, cfg.algo.eps_high)
