@@ -20,9 +20,10 @@ from lmmixup.errors import LmmixupError
 PathLike = Union[str, Path]
 
 
-def iter_jsonl(path: PathLike) -> Iterator[Tuple[int, Dict[str, Any]]]:
-    """Yield (1-based line number, object) for each non-blank line; a bad line raises an
-    LmmixupError naming `path:line`."""
+def iter_json_lines(path: PathLike) -> Iterator[Tuple[int, Any]]:
+    """Yield (1-based line number, JSON value) for each non-blank line, streamed. A bad line
+    raises an LmmixupError naming `path:line`; a bad *last* line without its newline is called
+    a truncated final line (a file cut off mid-write or mid-copy)."""
     path = str(path)
     if not os.path.isfile(path):
         raise LmmixupError(f"{path}: no such file")
@@ -37,12 +38,23 @@ def iter_jsonl(path: PathLike) -> Iterator[Tuple[int, Dict[str, Any]]]:
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
+                value = json.loads(text)
             except json.JSONDecodeError as e:
+                if not raw.endswith(b"\n"):
+                    raise LmmixupError(f"{where}: truncated final line (invalid JSON at column "
+                                       f"{e.colno} and no closing newline); was the file cut "
+                                       "off?") from None
                 raise LmmixupError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise LmmixupError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            yield line_no, obj
+            yield line_no, value
+
+
+def iter_jsonl(path: PathLike) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """Yield (1-based line number, object) for each non-blank line; a bad line, or one that is
+    not a JSON object, raises an LmmixupError naming `path:line`."""
+    for line_no, obj in iter_json_lines(path):
+        if not isinstance(obj, dict):
+            raise LmmixupError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
+        yield line_no, obj
 
 
 def read_jsonl(path: PathLike) -> list:

@@ -160,26 +160,12 @@ class PoolRow:
 
 
 def _jsonl_objects(path: str) -> Iterator[Tuple[str, Any]]:
-    """(where, object) per non-blank line, streamed; a bad line names file:line, and a bad
-    LAST line without its newline is called a truncated final line."""
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            where = f"{path}:{line_no}"
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise LmmixupError(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
-                                   f"column {e.start + 1})") from None
-            if not text.strip():
-                continue
-            try:
-                yield where, json.loads(text)
-            except json.JSONDecodeError as e:
-                if not raw.endswith(b"\n"):
-                    raise LmmixupError(f"{where}: truncated final line (invalid JSON at column "
-                                       f"{e.colno} and no closing newline); was the file cut "
-                                       "off?") from None
-                raise LmmixupError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
+    """(where, value) per non-blank line, streamed (lmmixup.data.jsonl.iter_json_lines: a bad
+    line names file:line, a cut-off last line is called a truncated final line)."""
+    from lmmixup.data.jsonl import iter_json_lines
+
+    for line_no, value in iter_json_lines(path):
+        yield f"{path}:{line_no}", value
 
 
 def _json_array_objects(path: str) -> Iterator[Tuple[str, Any]]:
