@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import secrets
 import re
 from dataclasses import dataclass
@@ -70,6 +71,10 @@ class _NullWandb:
         pass
 
 
+WANDB_INIT_RETRIES = 30
+"""2-second waits for a killed job's W&B service to release the run id on resume"""
+
+
 class _Wandb:
     """A W&B run whose id is kept in the run folder, so a resumed job continues the same run."""
 
@@ -81,8 +86,17 @@ class _Wandb:
         id_file = run_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
         id_file.write_text(run_id)
-        self.run = wandb.init(project=cfg.project, name=cfg.name or None, id=run_id, resume="allow",
-                              dir=str(run_dir), config=redact(config))
+        # After a SIGKILL the dead job's W&B service can hold the run id for a few seconds
+        # ("run ID ... is in use"); a resume started at once waits for it instead of failing.
+        for attempt in range(WANDB_INIT_RETRIES + 1):
+            try:
+                self.run = wandb.init(project=cfg.project, name=cfg.name or None, id=run_id,
+                                      resume="allow", dir=str(run_dir), config=redact(config))
+                break
+            except Exception as e:  # wandb raises its own ServerResponseError
+                if "is in use" not in str(e) or attempt == WANDB_INIT_RETRIES:
+                    raise
+                time.sleep(2.0)
 
     def log(self, metrics: Dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)

