@@ -94,8 +94,13 @@ class _Wandb:
                                       resume="allow", dir=str(run_dir), config=redact(config))
                 break
             except Exception as e:  # wandb raises its own ServerResponseError
-                if "is in use" not in str(e) or attempt == WANDB_INIT_RETRIES:
+                if "is in use" not in str(e):
                     raise
+                if attempt == WANDB_INIT_RETRIES:
+                    raise LmmixupError(
+                        f"{id_file}: W&B run {run_id} is still held by another process after "
+                        f"{2 * WANDB_INIT_RETRIES} s (a killed job's wandb-core service?); stop "
+                        "that process and resume again") from e
                 time.sleep(2.0)
 
     def log(self, metrics: Dict[str, float], step: int) -> None:

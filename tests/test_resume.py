@@ -22,9 +22,11 @@ TIMING_KEYS = ("time/", "rollout/tokens_per_s")
 
 
 def start(run_dir, *extra):
+    # Own session, so a kill can take the job's whole process group (its wandb-core service
+    # included), as a scheduler's preemption or an OOM kill of the job does.
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *ARGS, *extra,
                              f"hydra.run.dir={run_dir}"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def metrics(run_dir):
@@ -58,7 +60,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, trial):
     proc = start(tmp_path, "logger=wandb")
     wait_for_lines(tmp_path, kill_after_lines, proc)
     time.sleep(rng.random() * 1.0)  # land anywhere in the next step, checkpoint writes included
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its W&B service die together
     proc.wait()
     resumed = start(tmp_path, "logger=wandb", "resume=auto")
     _, err = resumed.communicate(timeout=300)
