@@ -24,9 +24,14 @@ TIMING_KEYS = ("time/", "rollout/tokens_per_s")
 def start(run_dir, *extra):
     # Own session, so a kill can take the job's whole process group (its wandb-core service
     # included), as a scheduler's preemption or an OOM kill of the job does.
+    # Without WANDB_SERVICE: an earlier in-process W&B test leaves pytest's own wandb-core
+    # address there, a child would attach to it, and that long-lived service would keep the
+    # killed child's run id "in use" for the resume (seen only in the full suite).
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *ARGS, *extra,
-                             f"hydra.run.dir={run_dir}"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def metrics(run_dir):
