@@ -26,7 +26,16 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def _composition_message(exc: BaseException) -> str:
+def _shown(config_dir: Path) -> str:
+    """A config folder as a user types it: relative to the repository when inside it."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        return str(Path(config_dir).resolve().relative_to(repo))
+    except ValueError:
+        return str(config_dir)
+
+
+def composition_message(exc: BaseException, config_dir: Path) -> str:
     """The most specific single line out of a Hydra/OmegaConf composition error."""
     texts = [str(e) for e in (exc, exc.__cause__) if e is not None]
     joined = "\n".join(texts)
@@ -35,7 +44,7 @@ def _composition_message(exc: BaseException) -> str:
         group, name = missing.groups()
         options = re.search(rf"Available options in '{re.escape(group)}':\n((?:\t.*\n?)*)", joined)
         choices = ", ".join(o.strip() for o in options.group(1).splitlines()) if options else ""
-        return (f"{group}={name}: no such option in conf/{group}/"
+        return (f"{group}={name}: no such option in {_shown(config_dir)}/{group}/"
                 + (f"; available: {choices}" if choices else ""))
     append = re.search(r"To append to your config use (\+\S+)", joined)
     if append and "is not in struct" in joined:  # a new key of a dict, e.g. reward.weights.x=1
@@ -75,7 +84,7 @@ def precheck_overrides(argv: List[str], config_dir: Path, config_name: str,
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
             compose(config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
-        fail(_composition_message(e))
+        fail(composition_message(e, config_dir))
 
 
 def report_errors(fn: Callable[[], None]) -> None:

@@ -103,6 +103,15 @@ def test_wrong_type_is_one_line_naming_the_key(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: eval_rows: "), lines
 
 
+def test_unknown_preset_names_the_pipelines_own_preset_folder(tmp_path):
+    # The pipeline's presets live in conf/pipeline/experiment/, not train.py's conf/experiment/.
+    res = pipeline(f"out={tmp_path}", "experiment=nope")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "error: experiment=nope: no such option in conf/pipeline/experiment/; "
+        "available: distill_small"]
+
+
 def test_sft_model_turns_the_sft_stage_into_an_eval_of_that_model(tmp_path):
     from lmmixup.pipeline import load_config, stage_overrides
 

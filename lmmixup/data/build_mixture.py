@@ -521,7 +521,7 @@ def parse_args(argv: Sequence[str]) -> MixtureConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from lmmixup.cli import _composition_message  # the one-line reading of a Hydra error
+    from lmmixup.cli import composition_message  # the one-line reading of a Hydra error
 
     overrides = hydra_overrides(argv)
     parser = OverridesParser.create()
@@ -537,7 +537,7 @@ def parse_args(argv: Sequence[str]) -> MixtureConfig:
         with _own_hydra():
             dcfg = compose(CONFIG_NAME, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(_composition_message(e)) from None
+        raise ConfigError(composition_message(e, CONF_DIR)) from None
     return to_typed_config(dcfg)
 
 
