@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmmixup.data.build_mixture import (OUTPUT_FILES, MixtureConfig, build_mixture, parse_args)
+from lmmixup.data.build_mixture import (OUTPUT_FILES, MixtureConfig, build_mixture,
+                                        builder_code_digest, parse_args)
 from lmmixup.data.cluster import ClusterConfig, nearest_neighbours, pick_members
 from lmmixup.data.degrade import Variant
 from lmmixup.data.hub import convert_release, hub_row
@@ -161,6 +162,19 @@ def test_resuming_with_other_settings_needs_overwrite(tmp_path):
         build_mixture(small_cfg(out, seed=1))
     manifest = build_mixture(small_cfg(out, seed=1, overwrite="true"))
     assert manifest["config"]["seed"] == 1
+
+
+def test_shards_written_by_other_builder_code_are_not_reused(tmp_path):
+    out = tmp_path / "mix"
+    with pytest.raises(Crash):
+        build_mixture(small_cfg(out), on_shard=crash_at("cluster", 0))
+    marker = out / ".work" / "config.json"
+    written = json.loads(marker.read_text())
+    assert written["builder_code"] == builder_code_digest()
+    # the same settings, but shards from an older checkout of lmmixup/data/ (a changed prompt)
+    marker.write_text(json.dumps({**written, "builder_code": "0" * 64}))
+    with pytest.raises(ConfigError, match=r"\(differs in: builder_code\); pass overwrite=true"):
+        build_mixture(small_cfg(out))
 
 
 def test_builds_are_deterministic_and_seed_dependent(built, tmp_path):

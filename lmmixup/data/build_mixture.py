@@ -142,6 +142,23 @@ def config_dict(cfg: MixtureConfig) -> Dict:
     return dataclasses.asdict(cfg)
 
 
+def builder_code_digest() -> str:
+    """sha256 of the source of lmmixup/data/, which turns seeds into rows. A half-done build's
+    shards are reused only by the code that wrote them: after a change to the prompts or the
+    notes, a resumed build would otherwise mix old rows with new ones under the same settings."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _work_marker(cfg: MixtureConfig) -> Dict:
+    """What .work/config.json records: the settings and the code that wrote the shards."""
+    return {**config_dict(cfg), "builder_code": builder_code_digest()}
+
+
 # ----------------------------------------------------------------------------- stage 1: seeds
 
 def _question_key(seed: Seed) -> str:
@@ -314,7 +331,7 @@ def _check_work_dir(cfg: MixtureConfig, out: Path, work: Path) -> None:
     if not marker.exists():
         return
     old = json.loads(marker.read_text())
-    new = config_dict(cfg)
+    new = _work_marker(cfg)
     changed = sorted(k for k in set(old) | set(new)
                      if k not in _RESUMABLE_KEYS and old.get(k) != new.get(k))
     if not changed:
@@ -363,7 +380,7 @@ def build_mixture(cfg: MixtureConfig, on_shard: Optional[ShardHook] = None) -> D
     work = out / ".work"
     _check_work_dir(cfg, out, work)
     work.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(work / "config.json", json.dumps(config_dict(cfg), sort_keys=True, indent=1))
+    atomic_write_text(work / "config.json", json.dumps(_work_marker(cfg), sort_keys=True, indent=1))
 
     seeds, seed_stats = _load_or_select_seeds(cfg, work)
     shards = _shards(len(seeds), cfg.shard_size)
