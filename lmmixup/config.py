@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lmmixup.checkpoint import CheckpointConfig
 from lmmixup.data.prompts import DataConfig
+from lmmixup.dist.context import DistConfig
 from lmmixup.errors import ConfigError, require
 from lmmixup.grpo import AlgoConfig
 from lmmixup.hacking import HackingConfig
@@ -77,6 +78,8 @@ class TrainConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     hacking: HackingConfig = field(default_factory=HackingConfig)
     """thresholds of the reward-hacking signals logged every GRPO step (lmmixup/hacking.py)"""
+    dist: DistConfig = field(default_factory=DistConfig)
+    """data parallelism under torchrun (lmmixup/dist/); inert in one process"""
 
     def validate(self) -> None:
         require(self.stage in ("grpo", "sft", "eval"), "stage",
