@@ -196,8 +196,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
                                       population=everyone.total)  # (N,), batch_std: global
 
         # 4. Old-policy and reference log-probs (no gradients).
-        single_update = (cfg.algo.num_iterations == 1
-                         and dist.max_int(rollout.num_sequences) <= upd.mini_batch_size)
+        single_update = (cfg.algo.num_iterations == 1 and everyone.rollout.num_sequences
+                         <= upd.mini_batch_size * dist.world_size)
         old_logp = None  # single update: the current log-probs, detached (grpo_update)
         # The sampler's log-probs serve as old_logp when it ran in the trainer's precision;
         # otherwise (bf16 rollouts, the hf engine) the trainer computes them in its own.

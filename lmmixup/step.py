@@ -185,12 +185,14 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
     grad_total = lr_total = 0.0
     slots = 0
     seen_old = torch.zeros_like(mask) if old_logp is None else old_logp  # (N, T), trainer's
-    # every rank runs as many mini-batches as the rank with the most rows (DAPO may leave ranks
-    # uneven); a rank's surplus mini-batches are empty and run a zero-loss backward
-    num_mini = dist.max_int(math.ceil(n / cfg.mini_batch_size))
+    # As many updates as one process would make on the global batch. DAPO's filtering can leave
+    # ranks uneven: a rank then packs its rows into that many mini-batches (`chunk`), and runs a
+    # zero-loss backward for any left empty. One process: chunk = mini_batch_size, as always.
+    num_mini = math.ceil(dist.sum_counts([n])[0] / (cfg.mini_batch_size * dist.world_size))
+    chunk = max(cfg.mini_batch_size, math.ceil(n / num_mini))
     for iteration in range(algo.num_iterations):
         for k in range(num_mini):
-            mb = range(min(n, k * cfg.mini_batch_size), min(n, (k + 1) * cfg.mini_batch_size))
+            mb = range(min(n, k * chunk), min(n, (k + 1) * chunk))
             micro = [slice(s, min(mb.stop, s + cfg.micro_batch_size))
                      for s in range(mb.start, mb.stop, cfg.micro_batch_size)]
             # one int64 all-reduce: the global normalisers, before the first backward
