@@ -270,3 +270,42 @@ def test_two_rank_run_killed_and_resumed_equals_uninterrupted(tmp_path, two_rank
     assert _metrics(tmp_path) == _metrics(two_rank_run)  # bit-identical
     w1, w2 = _weights(tmp_path), _weights(two_rank_run)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+# ----------------------------------------------------------------------------- distill.py
+
+@pytest.mark.slow
+def test_distill_on_two_ranks_writes_the_bytes_of_one(tmp_path):
+    from test_distill_cli import STAGE_FILES, base_args, digests, distill
+
+    lib = _distill_library(tmp_path)
+    one = distill(base_args(lib, tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          "--master_port=29634", str(ROOT / "distill.py"),
+                          *base_args(lib, tmp_path / "two")], cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert set(digests(tmp_path / "one")) == set(STAGE_FILES)
+    assert digests(tmp_path / "two") == digests(tmp_path / "one")
+    # the shards really were split: rank 1 wrote shard 1 of the rating stage
+    assert (tmp_path / "two" / ".work" / "rate" / "shard_00001.jsonl").is_file()
+
+
+def _distill_library(tmp_path):
+    """The rated library of tests/test_distill_cli.py (its fixture's rows, built here)."""
+    import random
+
+    from lmmixup.distill.formats import pair_text, sharegpt_rows
+
+    rng = random.Random(0)
+    rows = []
+    for _, r in zip(range(30), sharegpt_rows(30)):
+        text = pair_text({"instruction": r.instruction, "input": "", "output": r.output})[:600]
+        words = text.split()
+        rng.shuffle(words)
+        rows += [{"text": text, "score": 5}, {"text": " ".join(words[:40]), "score": 1},
+                 {"text": text[: len(text) // 3], "score": 3}]
+    path = tmp_path / "rated_library.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

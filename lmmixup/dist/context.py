@@ -226,16 +226,25 @@ def init_distributed(cfg: DistConfig, device: torch.device, engine: str) -> Dist
     """Join the torchrun job described by the environment, or return a 1-rank context."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     sampling = resolve_sampling_rng(cfg, world_size, engine)
-    if world_size == 1:
-        return DistContext(sampling_rng=sampling)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
+    ctx = join_torchrun(backend, cuda=device.type == "cuda")
+    ctx.sampling_rng = sampling
+    return ctx
+
+
+def join_torchrun(backend: str = "gloo", cuda: bool = False) -> DistContext:
+    """The process group that torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR) describes, joined; without torchrun, the 1-rank context. distill.py uses gloo:
+    its collectives are barriers and small Python objects, whatever device computes."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
         torch.cuda.set_device(local_rank)
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend=backend)
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank,
-                       sampling_rng=sampling)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
 def close_distributed() -> None:
