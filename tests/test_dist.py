@@ -4,7 +4,7 @@ The equivalence tests run grpo_update in 2 real processes (torch.multiprocessing
 random Llama) on their shards of one fixed global batch whose completions have uneven lengths,
 and compare with one process on the whole batch. Plain SGD makes the weight change proportional
 to the gradient, so a normalisation error (a mean of per-rank means) shows up at full size, not
-damped by Adam's per-coordinate scaling; lr = 1000 makes that change ~0.1, so the 1e-6 bound is
+damped by Adam's per-coordinate scaling; lr = 3 makes that change ~0.1, so the 1e-6 bound is
 a relative error of ~1e-5.
 """
 
@@ -25,7 +25,7 @@ from conftest import ROOT
 from lmmixup.dist.shard import group_seed, group_uniforms, shard_positions
 
 G, B, P, T = 2, 4, 5, 7  # group size, prompts, prompt width, completion width
-LR = 1000.0  # plain SGD: the weight change is LR x the gradient (~1e-4 here), so ~0.1
+LR = 3.0  # plain SGD: the weight change is LR x the gradient (~0.03 here), so ~0.1
 CASES = {
     # name: (loss mode, mini_batch_prompts, micro_batch_size (1 process), micro per rank,
     #        num_iterations, beta, rows of rank 0 / rank 1 as prompt indices)
@@ -99,18 +99,14 @@ def _local(rollout, advantages, extra, prompts):
     return part, advantages[rows], [None if x is None else x[rows][:, :width] for x in extra]
 
 
-_CACHE = {}  # one tiny model per process, copied for each case
+_CACHE = {}  # the tiny model (passed to the workers: no tokenizer load there), copied per case
 
 
 def _run_case(name, world_size, rank, model_state, out_dir, dist_ctx):
     from lmmixup.grpo import AlgoConfig
-    from lmmixup.models import ModelConfig, load_model, load_tokenizer
     from lmmixup.step import UpdateConfig, frozen_logprobs, grpo_update
 
     loss, mini_prompts, micro_1, micro_r, mu, beta, owners = CASES[name]
-    if "model" not in _CACHE:
-        _CACHE["model"] = load_model(ModelConfig(name_or_path="tiny"),
-                                     load_tokenizer(ModelConfig(name_or_path="tiny")))
     model = copy.deepcopy(_CACHE["model"])
     model.load_state_dict(model_state)
     rollout, advantages, noise = _batch()
@@ -125,7 +121,7 @@ def _run_case(name, world_size, rank, model_state, out_dir, dist_ctx):
     cfg = UpdateConfig(algo=algo, max_new_tokens=T, mini_batch_size=mini_prompts * G // world_size,
                        micro_batch_size=micro_r if world_size > 1 else micro_1, temperature=1.0,
                        chunk_size=1024, max_grad_norm=0.0, update_slots=mu * (B // mini_prompts))
-    lr = LR if mu * (B // mini_prompts) == 1 else 1.0  # 4 updates at lr 1000 would diverge
+    lr = LR if mu * (B // mini_prompts) == 1 else LR / 100  # 4 updates at lr 3 would diverge
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     stats = grpo_update(model, opt, sched, rollout, advantages, old_logp=old, ref_logp=ref,
@@ -137,12 +133,13 @@ def _run_case(name, world_size, rank, model_state, out_dir, dist_ctx):
         (out_dir / f"{name}-{world_size}.json").write_text(json.dumps(record))
 
 
-def _worker(rank, world_size, init_file, model_state, out_dir):
+def _worker(rank, world_size, init_file, model, model_state, out_dir):
     import torch.distributed as tdist
 
     from lmmixup.dist.context import DistContext
 
     torch.set_num_threads(1)
+    _CACHE["model"] = model
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                              world_size=world_size)
     try:
@@ -157,16 +154,22 @@ def _worker(rank, world_size, init_file, model_state, out_dir):
 def update_results(tmp_path_factory):
     import torch.multiprocessing as mp
 
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     from lmmixup.dist.context import LOCAL
-    from lmmixup.models import ModelConfig, load_model, load_tokenizer
 
     out = tmp_path_factory.mktemp("dist_update")
     torch.manual_seed(0)
-    state = load_model(ModelConfig(name_or_path="tiny"),
-                       load_tokenizer(ModelConfig(name_or_path="tiny"))).state_dict()
+    # a real 2-layer random Llama (the tiny model's shape, GQA, tied embeddings), with a
+    # 256-token vocabulary: no tokenizer to load, and small gradients to all-reduce
+    _CACHE["model"] = LlamaForCausalLM(LlamaConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=0))
+    state = copy.deepcopy(_CACHE["model"].state_dict())
     for name in CASES:
         _run_case(name, 1, 0, state, out, LOCAL)
-    mp.spawn(_worker, args=(2, str(out / "pg_init"), state, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(out / "pg_init"), _CACHE["model"], state, out), nprocs=2,
+             join=True)
     return out, state
 
 
@@ -270,42 +273,3 @@ def test_two_rank_run_killed_and_resumed_equals_uninterrupted(tmp_path, two_rank
     assert _metrics(tmp_path) == _metrics(two_rank_run)  # bit-identical
     w1, w2 = _weights(tmp_path), _weights(two_rank_run)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
-
-
-# ----------------------------------------------------------------------------- distill.py
-
-@pytest.mark.slow
-def test_distill_on_two_ranks_writes_the_bytes_of_one(tmp_path):
-    from test_distill_cli import STAGE_FILES, base_args, digests, distill
-
-    lib = _distill_library(tmp_path)
-    one = distill(base_args(lib, tmp_path / "one"))
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--master_port=29634", str(ROOT / "distill.py"),
-                          *base_args(lib, tmp_path / "two")], cwd=ROOT, env=_env(),
-                         capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert set(digests(tmp_path / "one")) == set(STAGE_FILES)
-    assert digests(tmp_path / "two") == digests(tmp_path / "one")
-    # the shards really were split: rank 1 wrote shard 1 of the rating stage
-    assert (tmp_path / "two" / ".work" / "rate" / "shard_00001.jsonl").is_file()
-
-
-def _distill_library(tmp_path):
-    """The rated library of tests/test_distill_cli.py (its fixture's rows, built here)."""
-    import random
-
-    from lmmixup.distill.formats import pair_text, sharegpt_rows
-
-    rng = random.Random(0)
-    rows = []
-    for _, r in zip(range(30), sharegpt_rows(30)):
-        text = pair_text({"instruction": r.instruction, "input": "", "output": r.output})[:600]
-        words = text.split()
-        rng.shuffle(words)
-        rows += [{"text": text, "score": 5}, {"text": " ".join(words[:40]), "score": 1},
-                 {"text": text[: len(text) // 3], "score": 3}]
-    path = tmp_path / "rated_library.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
