@@ -201,7 +201,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         old_logp = None  # single update: the current log-probs, detached (grpo_update)
         # The sampler's log-probs serve as old_logp when it ran in the trainer's precision;
         # otherwise (bf16 rollouts, the hf engine) the trainer computes them in its own.
-        sampler_is_trainer = (rollout.rollout_logp is not None
+        sampler_is_trainer = (rollout.rollout_logp is not None and cfg.rollout.engine == "static"
                               and ROLLOUT_DTYPES[cfg.rollout.dtype] == next(model.parameters()).dtype)
         if not single_update:
             old_logp = rollout.rollout_logp if sampler_is_trainer else frozen_logprobs(

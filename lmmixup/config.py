@@ -24,7 +24,7 @@ from lmmixup.logging import LoggerConfig
 from lmmixup.models import ModelConfig
 from lmmixup.optim import OptimConfig
 from lmmixup.rewards.registry import RewardConfig
-from lmmixup.rollout import RolloutConfig
+from lmmixup.rollout import RECORDS_LOGPROBS, RolloutConfig
 
 
 @dataclass
@@ -99,8 +99,9 @@ class TrainConfig:
         require(self.eval_every >= 0, "eval_every", "must be >= 0")
         require(not (self.algo.max_resample_rounds > 0 and not self.algo.filter_zero_std_groups),
                 "algo.max_resample_rounds", "needs algo.filter_zero_std_groups=true")
-        require(self.algo.rollout_is == "none" or self.rollout.engine == "static", "algo.rollout_is",
-                "needs an engine that records sampling log-probs (rollout.engine=static)")
+        require(self.algo.rollout_is == "none" or self.rollout.engine in RECORDS_LOGPROBS,
+                "algo.rollout_is", "needs an engine that records sampling log-probs "
+                "(rollout.engine=static or vllm)")
 
 
 def validate_all(node) -> None:

@@ -83,7 +83,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    sampling_rng: str = "global"  # resolved: global | group
+    sampling_rng: str = "global"  # resolved: global | group | engine (vLLM's own, per rank)
     _ddp: Optional[torch.nn.Module] = None
 
     @property
@@ -211,6 +211,8 @@ LOCAL = DistContext()
 
 def resolve_sampling_rng(cfg: DistConfig, world_size: int, engine: str) -> str:
     choice = cfg.sampling_rng
+    if choice == "auto" and engine == "vllm":
+        return "engine"  # vLLM's own generator, seeded per rank (lmmixup/vllm_rollout/engine.py)
     if choice == "auto":
         choice = "group" if world_size > 1 else "global"
     if choice == "global" and world_size > 1:
