@@ -54,8 +54,8 @@ def test_outputs_become_a_rollout_in_group_order_with_processed_logprobs():
     prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
     outputs = [SimpleNamespace(outputs=[_completion([11, 12, eos], [-0.5, -1.0, -0.25]),
                                         _completion([13], [-2.0])]),
-               SimpleNamespace(outputs=[_completion([14, eos], [-0.1, -0.2]),
-                                        _completion([15, 16, 17], [-0.3, -0.4, -0.6])])]
+               SimpleNamespace(outputs=[_completion([14, eos], [-0.125, -0.75]),
+                                        _completion([15, 16, 17], [-0.375, -1.5, -0.625])])]
     r = rollout_from_vllm(outputs, prompt_ids, prompt_mask, group_size=2, stop_ids=[eos],
                           pad_id=pad)
     assert r.completion_ids.tolist() == [[11, 12, eos], [13, pad, pad], [14, eos, pad],
@@ -63,9 +63,9 @@ def test_outputs_become_a_rollout_in_group_order_with_processed_logprobs():
     assert r.completion_mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]]
     assert r.truncated.tolist() == [False, True, False, True]  # no EOS in rows 1 and 3
     # the sampled tokens' log-probs, never the other candidate's -9.0; 0 on padding
-    assert r.rollout_logp.tolist() == [[-0.5, -1.0, -0.25], [-2.0, 0.0, 0.0], [-0.1, -0.2, 0.0],
-                                       [pytest.approx(-0.3), pytest.approx(-0.4),
-                                        pytest.approx(-0.6)]]
+    # (binary fractions: exact in float32)
+    assert r.rollout_logp.tolist() == [[-0.5, -1.0, -0.25], [-2.0, 0.0, 0.0], [-0.125, -0.75, 0.0],
+                                       [-0.375, -1.5, -0.625]]
     assert torch.equal(r.prompt_ids, prompt_ids.repeat_interleave(2, 0))  # row n: prompt n // G
 
 
