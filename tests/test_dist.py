@@ -133,6 +133,38 @@ def _run_case(name, world_size, rank, model_state, out_dir, dist_ctx):
         (out_dir / f"{name}-{world_size}.json").write_text(json.dumps(record))
 
 
+def _sft_examples():
+    """8 examples of uneven lengths (prompt 2-4 tokens, target 1-6): token counts differ by rank."""
+    from lmmixup.sft import IGNORE_INDEX, SFTExample
+
+    g = torch.Generator().manual_seed(2)
+    out = []
+    for prompt, target in [(2, 6), (3, 1), (4, 2), (2, 5), (3, 3), (4, 1), (2, 2), (3, 4)]:
+        ids = torch.randint(3, 200, (prompt + target,), generator=g).tolist()
+        out.append(SFTExample(ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
+    return out
+
+
+def _run_sft(world_size, rank, model_state, out_dir, dist_ctx):
+    """One SFT step: 1 process on all 8 examples (micro 2) vs each rank on its 4 (micro 2)."""
+    from lmmixup.dist.shard import shard_positions
+    from lmmixup.sft import sft_backward
+
+    model = copy.deepcopy(_CACHE["model"])
+    model.load_state_dict(model_state)
+    examples = _sft_examples()
+    mine = [examples[i] for i in shard_positions(len(examples), len(examples), world_size, rank)]
+    if world_size > 1:
+        dist_ctx.wrap(model)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loss, tokens = sft_backward(model, mine, 2, 0, dist=dist_ctx)
+    opt.step()
+    if rank == 0:
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
+                   out_dir / f"sft-{world_size}.pt")
+        (out_dir / f"sft-{world_size}.json").write_text(json.dumps({"loss": loss, "tokens": tokens}))
+
+
 def _worker(rank, world_size, init_file, model, model_state, out_dir):
     import torch.distributed as tdist
 
@@ -146,6 +178,7 @@ def _worker(rank, world_size, init_file, model, model_state, out_dir):
         for name in CASES:
             _run_case(name, world_size, rank, model_state, out_dir,
                       DistContext(rank=rank, world_size=world_size, sampling_rng="group"))
+        _run_sft(world_size, rank, model_state, out_dir, DistContext(rank=rank, world_size=world_size))
     finally:
         tdist.destroy_process_group()
 
@@ -168,6 +201,7 @@ def update_results(tmp_path_factory):
     state = copy.deepcopy(_CACHE["model"].state_dict())
     for name in CASES:
         _run_case(name, 1, 0, state, out, LOCAL)
+    _run_sft(1, 0, state, out, LOCAL)
     mp.spawn(_worker, args=(2, str(out / "pg_init"), _CACHE["model"], state, out), nprocs=2,
              join=True)
     return out, state
@@ -193,6 +227,16 @@ def test_two_ranks_give_one_process_metrics(update_results, name):
         assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), key
     for key, value in one["mismatch"].items():
         assert two["mismatch"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+def test_sft_two_ranks_give_one_process_weights_and_loss(update_results):
+    out, start = update_results
+    one, two = torch.load(out / "sft-1.pt"), torch.load(out / "sft-2.pt")
+    assert max(float((one[k] - start[k]).abs().max()) for k in one) > 1e-4
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-6
+    m1, m2 = (json.loads((out / f"sft-{w}.json").read_text()) for w in (1, 2))
+    assert m1["tokens"] == m2["tokens"] == 6 + 1 + 2 + 5 + 3 + 1 + 2 + 4  # global target tokens
+    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- train.py
