@@ -100,8 +100,8 @@ class TrainConfig:
         require(not (self.algo.max_resample_rounds > 0 and not self.algo.filter_zero_std_groups),
                 "algo.max_resample_rounds", "needs algo.filter_zero_std_groups=true")
         require(self.algo.rollout_is == "none" or self.rollout.engine in RECORDS_LOGPROBS,
-                "algo.rollout_is", "needs an engine that records sampling log-probs "
-                "(rollout.engine=static or vllm)")
+                "algo.rollout_is",  # (vllm records them too; it is experimental, not advertised)
+                "needs an engine that records sampling log-probs (rollout.engine=static)")
 
 
 def validate_all(node) -> None:
