@@ -41,7 +41,10 @@ CASES = {
     # DAPO-style uneven ranks (3 groups / 1 group), and a rank left with nothing to train on
     "uneven": ("dapo", 4, 2, 2, 1, 0.04, ([0, 1, 2], [3])),
     "empty_rank": ("grpo", 4, 2, 2, 1, 0.0, ([0, 1, 2, 3], [])),
+    # a NaN advantage in rank 1's last micro-batch: every rank skips the update, none hangs
+    "nonfinite_on_rank1": ("grpo", 4, 2, 2, 1, 0.0, ([0, 1], [2, 3])),
 }
+NONFINITE_ROW = 6  # prompt 3, completion 0: rank 1's last micro-batch
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -110,6 +113,8 @@ def _run_case(name, world_size, rank, model_state, out_dir, dist_ctx):
     model = copy.deepcopy(_CACHE["model"])
     model.load_state_dict(model_state)
     rollout, advantages, noise = _batch()
+    if name.startswith("nonfinite"):
+        advantages[NONFINITE_ROW] = float("nan")
     base = frozen_logprobs(model, rollout, 1.0, 8, 1024)  # (N, T)
     old = (base + noise).detach() if mu > 1 or mini_prompts < B else None
     ref = (base - noise).detach() if beta > 0 else None
@@ -207,7 +212,18 @@ def update_results(tmp_path_factory):
     return out, state
 
 
-@pytest.mark.parametrize("name", list(CASES))
+FINITE = [name for name in CASES if not name.startswith("nonfinite")]
+
+
+def test_a_nonfinite_loss_on_one_rank_skips_the_update_on_every_rank(update_results):
+    out, start = update_results
+    for world in (1, 2):
+        after = torch.load(out / f"nonfinite_on_rank1-{world}.pt")
+        assert all(torch.equal(after[k], start[k]) for k in start)  # weights untouched
+        assert json.loads((out / f"nonfinite_on_rank1-{world}.json").read_text())["updates"] == 0
+
+
+@pytest.mark.parametrize("name", FINITE)
 def test_two_ranks_give_one_process_weights(update_results, name):
     out, start = update_results
     one, two = torch.load(out / f"{name}-1.pt"), torch.load(out / f"{name}-2.pt")
@@ -217,7 +233,7 @@ def test_two_ranks_give_one_process_weights(update_results, name):
     assert worst <= 1e-6, f"{name}: max |w_1 - w_2| = {worst:.3g} (the step moved {moved:.3g})"
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", FINITE)
 def test_two_ranks_give_one_process_metrics(update_results, name):
     out, _ = update_results
     one = json.loads((out / f"{name}-1.json").read_text())
