@@ -266,10 +266,11 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-def _torchrun(run_dir, *extra, port):
+def _torchrun(run_dir, *extra):
+    # --standalone: a local rendezvous on a free port (parallel test runs do not collide)
     return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         f"--master_port={port}", str(ROOT / "train.py"), *SMOKE, *extra, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "train.py"), *SMOKE, *extra, f"hydra.run.dir={run_dir}"],
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
 
@@ -288,7 +289,7 @@ def _weights(run_dir):
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("dp2")
-    proc = _torchrun(run_dir, port=29631)
+    proc = _torchrun(run_dir)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     return run_dir
@@ -317,7 +318,7 @@ def test_torchrun_smoke_equals_one_process_with_group_sampling(tmp_path, two_ran
 
 @pytest.mark.slow
 def test_two_rank_run_killed_and_resumed_equals_uninterrupted(tmp_path, two_rank_run):
-    proc = _torchrun(tmp_path, port=29632)
+    proc = _torchrun(tmp_path)
     ckpt = tmp_path / "checkpoints" / "step_000001" / "meta.json"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not ckpt.exists():
@@ -327,7 +328,7 @@ def test_two_rank_run_killed_and_resumed_equals_uninterrupted(tmp_path, two_rank
     proc.wait()
     rng = torch.load(ckpt.parent / "rng_ranks.pt", weights_only=True)
     assert len(rng) == 2  # every rank's RNG state is in the checkpoint
-    resumed = _torchrun(tmp_path, "resume=auto", port=29633)
+    resumed = _torchrun(tmp_path, "resume=auto")
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     assert _metrics(tmp_path) == _metrics(two_rank_run)  # bit-identical

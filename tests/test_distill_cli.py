@@ -214,8 +214,8 @@ def test_two_ranks_write_the_bytes_of_one(library, finished, tmp_path):
     out = tmp_path / "two"
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env.pop("LMMIXUP_DISTILL_KILL", None)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_port=29634", str(ROOT / "distill.py"), *base_args(library, out)],
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(ROOT / "distill.py"), *base_args(library, out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert digests(out) == digests(finished) and set(digests(out)) == set(STAGE_FILES)
