@@ -23,6 +23,9 @@ writes its files into `out` atomically and is skipped when they are complete (.w
   9. report.json, report.md, *.png   counts, score and cluster-size histograms, failures, times
 Rating and generation run in shards with a done-list, so a kill at any moment loses at most one
 shard; the same input, config and seed give byte-identical files, resumed or not.
+`torchrun --nproc_per_node=N distill.py ...` splits the shards of rating, generation and
+re-rating across N ranks (shard j on rank j % N); rank 0 runs the other stages, keeps the state
+and merges the shards in shard order, so N ranks write the same bytes as one.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from lmmixup.distill.mix import build_mix
 from lmmixup.distill.rate import build_rater, check_rater, embed_texts, load_embedder
 from lmmixup.distill.report import PLOTS, write_report
 from lmmixup.distill.state import STAGES, RunState, check_out_folder, kill_point, run_sharded
+from lmmixup.dist.context import LOCAL, DistContext, close_distributed, join_torchrun
 from lmmixup.errors import LmmixupError
 
 register_distill_configs()
@@ -60,8 +64,8 @@ class Parts:
     """The heavy pieces, each loaded on first use: a resumed run that only has the mix left
     never loads the distiller."""
 
-    def __init__(self, cfg: DistillConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: DistillConfig, dist: DistContext = LOCAL):
+        self.cfg, self.dist = cfg, dist
 
     @cached_property
     def embedder(self):
@@ -80,6 +84,8 @@ class Parts:
         cfg = self.cfg
         device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                               else "cpu" if cfg.device == "auto" else cfg.device)
+        if device.type == "cuda" and self.dist.distributed:
+            device = torch.device("cuda", self.dist.local_rank)  # one GPU per rank
         tokenizer = load_tokenizer(cfg.model)
         model = load_model(cfg.model, tokenizer).to(device).eval()
         return model, tokenizer, stop_token_ids(tokenizer, model), device
@@ -135,8 +141,11 @@ def rate_sharded(parts: Parts, folder: Path, rows: Iterable[Dict], total: int,
         return out
 
     # one shard of rows in memory at a time, never the whole pool
-    return run_sharded(folder, chunks(rows, cfg.shard_size), total, work, desc,
-                       parts.cfg.progress, desc)
+    dist = parts.dist
+    paths = run_sharded(folder, chunks(rows, cfg.shard_size), total, work, desc,
+                        parts.cfg.progress and dist.is_main, desc, dist.rank, dist.world_size)
+    dist.barrier()  # every rank's shards are on disk
+    return paths
 
 
 def shard_embeddings(paths: Sequence[Path]) -> np.ndarray:
@@ -146,6 +155,7 @@ def shard_embeddings(paths: Sequence[Path]) -> np.ndarray:
 
 def run(dcfg: DictConfig) -> None:
     cfg: DistillConfig = to_typed_config(dcfg)
+    dist = join_torchrun()  # one process: a no-op context
     config = OmegaConf.to_container(dcfg, resolve=True)
     out = Path(cfg.out)
     work = out / ".work"
@@ -155,23 +165,32 @@ def run(dcfg: DictConfig) -> None:
     check_rater(cfg.rate)
     check_model(cfg)
     state = RunState(out)
-    check_out_folder(out, config, state)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in list(out.glob(".*.tmp")) + list(work.rglob(".*.tmp")):  # left by a kill
-        stale.unlink()
-    atomic_write_text(out / "config.json", json.dumps(config, indent=1, sort_keys=True) + "\n")
-    parts = Parts(cfg)
+    if dist.is_main:  # rank 0 owns the out folder and its state; the others only write shards
+        check_out_folder(out, config, state)
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in list(out.glob(".*.tmp")) + list(work.rglob(".*.tmp")):  # left by a kill
+            stale.unlink()
+        atomic_write_text(out / "config.json", json.dumps(config, indent=1, sort_keys=True) + "\n")
+    dist.barrier()
+    parts = Parts(cfg, dist)
 
-    def stage(name: str, files: List[str], body: Callable[[], Dict]) -> Dict:
-        if state.done(name):
-            return state.counts(name)
-        if name != STAGES[-1]:  # later stages read this one's files: they are redone too
+    def stage(name: str, files: List[str], body: Callable[[], Dict], sharded: bool = False) -> Dict:
+        """Run a stage unless it is done. Under torchrun a sharded stage runs on every rank
+        (its body merges on rank 0 only), any other stage on rank 0 while the others wait.
+        Every rank returns rank 0's counts."""
+        if dist.gather_objects(state.done(name) if dist.is_main else None)[0]:
+            return dist.gather_objects(state.counts(name) if dist.is_main else None)[0]
+        if dist.is_main and name != STAGES[-1]:  # later stages read this one's files: redone too
             state.invalidate_from(STAGES[STAGES.index(name) + 1])
-        t0 = time.perf_counter()
-        counts = body()
-        kill_point(f"{name}:written")
-        state.mark(name, files, time.perf_counter() - t0, counts)
-        return counts
+        dist.barrier()  # the invalidated shards are gone before any rank writes new ones
+        counts = None
+        if dist.is_main or sharded:
+            t0 = time.perf_counter()
+            counts = body()
+            if dist.is_main:
+                kill_point(f"{name}:written")
+                state.mark(name, files, time.perf_counter() - t0, counts)
+        return dist.gather_objects(counts)[0]  # (a collective: no rank runs ahead of the mark)
 
     # 1. Normalise: one row per sample, a content-hash id, exact duplicates dropped.
     def normalize() -> Dict:
@@ -201,11 +220,12 @@ def run(dcfg: DictConfig) -> None:
     def rate() -> Dict:
         paths = rate_sharded(parts, work / "rate", (r for _, r in iter_jsonl(out / "normalized.jsonl")),
                              n_samples, lambda r: True, "rate")
-        concat_shards(paths, out / "rated.jsonl")
-        save_npy(work / "embeddings.npy", shard_embeddings(paths))
+        if dist.is_main:
+            concat_shards(paths, out / "rated.jsonl")
+            save_npy(work / "embeddings.npy", shard_embeddings(paths))
         return {"rated": n_samples}
 
-    stage("rate", ["rated.jsonl", ".work/embeddings.npy"], rate)
+    stage("rate", ["rated.jsonl", ".work/embeddings.npy"], rate, sharded=True)
 
     # 3. Split at rate.high_threshold.
     def split() -> Dict:
@@ -275,7 +295,10 @@ def run(dcfg: DictConfig) -> None:
             return rows
 
         paths = run_sharded(work / "generate", batches, len(clusters), work_batch, "distill",
-                            cfg.progress, "generate")
+                            cfg.progress and dist.is_main, "generate", dist.rank, dist.world_size)
+        dist.barrier()  # every rank's shards are on disk
+        if not dist.is_main:
+            return {}
         by_id = {r["cluster_id"]: r for p in paths for _, r in iter_jsonl(p)}
         atomic_write_jsonl(out / "generated.jsonl", (by_id[c["id"]] for c in clusters))
         rows = list(by_id.values())
@@ -283,13 +306,15 @@ def run(dcfg: DictConfig) -> None:
         return {"generated": len(rows), "ok": len(rows) - len(reasons),
                 "failures": {k: reasons.count(k) for k in sorted(set(reasons))}}
 
-    stage("generate", ["generated.jsonl"], generate)
+    stage("generate", ["generated.jsonl"], generate, sharded=True)
 
     # 6. Re-rate each distilled pair; keep those >= distill.keep_threshold.
     def rerate() -> Dict:
         n = sum(1 for _ in iter_jsonl(out / "generated.jsonl"))
         paths = rate_sharded(parts, work / "rerate", (r for _, r in iter_jsonl(out / "generated.jsonl")),
                              n, lambda r: r["ok"], "rerate")
+        if not dist.is_main:
+            return {}
         rows = 0
         with atomic_open(out / "rerated.jsonl") as f:
             for path in paths:
@@ -300,7 +325,7 @@ def run(dcfg: DictConfig) -> None:
         save_npy(work / "rerated_emb.npy", shard_embeddings(paths))
         return {"kept": rows}
 
-    stage("rerate", ["rerated.jsonl", ".work/rerated_emb.npy"], rerate)
+    stage("rerate", ["rerated.jsonl", ".work/rerated_emb.npy"], rerate, sharded=True)
 
     # 7. Long-tail score of the kept pairs, and their rank.
     def longtail() -> Dict:
@@ -337,6 +362,8 @@ def run(dcfg: DictConfig) -> None:
 
     # 9. The report.
     stage("report", ["report.json", "report.md", *PLOTS], lambda: write_report(out, state, cfg))
+    if not dist.is_main:
+        return
     mixed = state.counts("mix")
     print(f"distill: {out}/mix.jsonl: {mixed['rows']} rows ({mixed['original']} original, "
           f"{mixed['distilled']} distilled); report: {out}/report.md", file=sys.stderr)
@@ -353,7 +380,10 @@ def check_model(cfg: DistillConfig) -> None:
 
 @hydra.main(version_base=None, config_path="conf", config_name="distill")
 def main(dcfg: DictConfig) -> None:
-    report_errors(lambda: run(dcfg))
+    try:
+        report_errors(lambda: run(dcfg))
+    finally:
+        close_distributed()
 
 
 if __name__ == "__main__":

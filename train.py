@@ -7,6 +7,7 @@
     python train.py stage=sft data=mixture            supervised cold start on MIXTURE targets
     python train.py stage=eval model.name_or_path=DIR score data.eval_file with greedy decoding
     python train.py resume=auto hydra.run.dir=DIR     continue a run from its newest checkpoint
+    torchrun --nproc_per_node=N train.py ...          data-parallel (README: "Scaling out")
 
 One GRPO step, top to bottom (the math lives in lmmixup/grpo.py):
   1. take B prompts; sample G completions each (N = B*G) with the rollout engine;
@@ -18,6 +19,8 @@ One GRPO step, top to bottom (the math lives in lmmixup/grpo.py):
      update each) and micro-batches (gradient accumulation, exact in every aggregation mode).
 Everything each step computes is logged to <run dir>/metrics.jsonl and to W&B (offline).
 Step s re-seeds every RNG with (seed, s), so a resumed run repeats the uninterrupted one.
+Under torchrun each rank samples and trains on its slice of the global batch; normalisers,
+gradients and metrics are reduced over ranks exactly (lmmixup/dist/), only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -36,15 +39,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lmmixup.cli import precheck_overrides, report_errors
-from lmmixup.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
+from lmmixup.checkpoint import (find_resume_checkpoint, load_checkpoint, rank_rng_state,
+                                save_checkpoint)
 from lmmixup.config import TrainConfig, register_configs, to_train_config
 from lmmixup.data.jsonl import atomic_write_text
 from lmmixup.data.prompts import PromptSampler, check_prompt_lengths, load_rows
-from lmmixup.errors import LmmixupError
+from lmmixup.dist.context import DistContext, close_distributed, init_distributed
+from lmmixup.dist.gather import gather_batch, gather_optional_rows
+from lmmixup.dist.shard import StepPrompts, group_uniforms, shard_positions
+from lmmixup.errors import LmmixupError, require
 from lmmixup.evaluate import evaluate
 from lmmixup.grpo import group_advantages
 from lmmixup.inspect.hook import StepInspector
-from lmmixup.logging import MetricsLog, redact
+from lmmixup.logging import MetricsLog, NullMetricsLog, redact
 from lmmixup.lora import is_lora, save_lora_and_merged
 from lmmixup.models import frozen_copy, load_model, load_tokenizer, stop_token_ids
 from lmmixup.optim import advance_schedule, build_optimizer, build_scheduler
@@ -84,11 +91,15 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     # Read the data before the (slow) model load: a bad line fails in a second.
     rows = load_rows(cfg.data.train_file) if cfg.stage != "eval" else []
     eval_rows = load_rows(cfg.data.eval_file)[: cfg.eval_max_rows] if cfg.data.eval_file else []
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else "cpu" if cfg.device == "auto" else cfg.device)
+    dist = init_distributed(cfg.dist, device, cfg.rollout.engine)  # one process: a no-op context
+    if dist.distributed:  # rank 0's folder for all (hydra's ${now:...} may differ by a second)
+        run_dir = Path(dist.gather_objects(str(run_dir))[0])
+        device = torch.device("cuda", dist.local_rank) if device.type == "cuda" else device
+    run_dir.mkdir(parents=True, exist_ok=True)
     # Checkpoints fingerprint the device that ran, not "auto": CPU and CUDA draw other numbers.
-    resume_config = {**config_dict, "device": device.type}
+    resume_config = {**config_dict, "device": device.type, **dist.fingerprint()}
     seed_step(cfg.seed, 0)
 
     tokenizer = load_tokenizer(cfg.model)
@@ -101,6 +112,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     reward_fns = build_rewards(cfg.reward)
 
     if cfg.stage == "eval":
+        if not dist.is_main:  # scoring is one process's job; the other ranks have none
+            return
         # an eval run has one line, at step 0; a re-run (resume) replaces it (-1 keeps none)
         log = MetricsLog(cfg.logger, run_dir, config_dict, resume_step=-1 if cfg.resume else None)
         atomic_write_text(run_dir / "config.yaml", config_yaml)
@@ -109,36 +122,41 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         return
     if cfg.stage == "sft":
         run_sft(cfg, rows, model, tokenizer, stop_ids, reward_fns, device, run_dir, config_dict,
-                config_yaml)
+                config_yaml, dist)
         return
 
     sampler = PromptSampler(rows, cfg.data.shuffle_seed)
     ref_model = frozen_copy(model) if cfg.algo.beta > 0 else None
     G, B = cfg.algo.group_size, cfg.prompts_per_step
-    upd = update_config(cfg)
+    upd = update_config(cfg, dist.world_size)
+    dist.wrap(model)  # DDP's gradient all-reduce (one process: nothing)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * upd.update_slots)
 
     start_step = 0
     checkpoint = find_resume_checkpoint(cfg.resume, run_dir)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, resume_config)
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, resume_config,
+                                rank=dist.rank)
         start_step = state.step
         sampler.load_state_dict(state.sampler)
         print(f"resumed from {checkpoint} at step {start_step}", file=sys.stderr)
-    log = MetricsLog(cfg.logger, run_dir, config_dict,
-                     resume_step=start_step if cfg.resume else None)
-    atomic_write_text(run_dir / "config.yaml", config_yaml)  # only now that every check has passed
+    log = open_log(cfg, run_dir, config_dict, config_yaml, start_step, dist)
     stop = StopRequest()
-    inspector = StepInspector(cfg, run_dir, log, resume_step=start_step)
+    inspector = StepInspector(cfg, run_dir, log, resume_step=start_step) if dist.is_main else None
 
     def save(step: int) -> None:
-        save_checkpoint(run_dir, step, model, optimizer, scheduler, sampler.state_dict(),
-                        resume_config, config_yaml, cfg.checkpoint)
+        save_everywhere(dist, run_dir, step, model, optimizer, scheduler, sampler.state_dict(),
+                        resume_config, config_yaml, cfg)
+
+    prompts: StepPrompts  # this step's prompt stream, this rank's share of it
 
     def sample_fn(batch_rows):
+        uniforms = None  # sampling_rng=global: the global torch RNG, seeded by (seed, step)
+        if dist.sampling_rng == "group":
+            uniforms = group_uniforms(prompts.seeds, G, cfg.rollout.max_new_tokens)  # (n, T)
         return sample(model, tokenizer, batch_rows, cfg.rollout, G, stop_ids,
-                      cfg.data.max_prompt_tokens, cfg.data.train_file, device)
+                      cfg.data.max_prompt_tokens, cfg.data.train_file, device, uniforms=uniforms)
 
     def score_fn(rollout, batch_rows):
         texts = reward_batch(tokenizer, rollout, batch_rows, G)
@@ -148,7 +166,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     from tqdm import tqdm
 
     bar = tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps,
-               desc="grpo", disable=not cfg.logger.progress_bar, dynamic_ncols=True)
+               desc="grpo", disable=not (cfg.logger.progress_bar and dist.is_main),
+               dynamic_ncols=True)
     nonfinite_skips = 0
     step = start_step
     for step in bar:
@@ -157,11 +176,15 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
 
         # 1-2. Rollout and rewards (DAPO's dynamic sampling may take extra rounds).
         t_rollout = time.perf_counter()
-        batch = collect(sampler.next_batch, sample_fn, score_fn, B, cfg.algo, tokenizer.pad_token_id)
+        prompts = StepPrompts(sampler.next_batch, cfg.seed, step, block=cfg.mini_batch_prompts or B,
+                              world_size=dist.world_size, rank=dist.rank)
+        batch = collect(prompts.next_rows, sample_fn, score_fn, B, cfg.algo,
+                        tokenizer.pad_token_id, dist)  # this rank's share
         rollout_s = time.perf_counter() - t_rollout
         rollout = batch.rollout
-        if not torch.isfinite(batch.total).all():
-            bad = [repr(name) for name, v in batch.components.items()
+        everyone = gather_batch(batch, dist, tokenizer.pad_token_id)  # every rank's rows
+        if not torch.isfinite(everyone.total).all():
+            bad = [repr(name) for name, v in everyone.components.items()
                    if not torch.isfinite(v).all()]
             nonfinite_skips = handle_nonfinite(cfg, f"reward {', '.join(bad) or 'total'}", step,
                                                nonfinite_skips)
@@ -169,14 +192,16 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
             continue
 
         # 3. Group-relative advantages.
-        advantages = group_advantages(batch.total, G, cfg.algo.adv_scale, cfg.algo.adv_eps)  # (N,)
+        advantages = group_advantages(batch.total, G, cfg.algo.adv_scale, cfg.algo.adv_eps,
+                                      population=everyone.total)  # (N,), batch_std: global
 
         # 4. Old-policy and reference log-probs (no gradients).
-        single_update = cfg.algo.num_iterations == 1 and rollout.num_sequences <= upd.mini_batch_size
+        single_update = (cfg.algo.num_iterations == 1 and everyone.rollout.num_sequences
+                         <= upd.mini_batch_size * dist.world_size)
         old_logp = None  # single update: the current log-probs, detached (grpo_update)
         # The sampler's log-probs serve as old_logp when it ran in the trainer's precision;
         # otherwise (bf16 rollouts, the hf engine) the trainer computes them in its own.
-        sampler_is_trainer = (rollout.rollout_logp is not None
+        sampler_is_trainer = (rollout.rollout_logp is not None and cfg.rollout.engine == "static"
                               and ROLLOUT_DTYPES[cfg.rollout.dtype] == next(model.parameters()).dtype)
         if not single_update:
             old_logp = rollout.rollout_logp if sampler_is_trainer else frozen_logprobs(
@@ -188,13 +213,22 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
 
         # 5. Policy updates.
         stats = grpo_update(model, optimizer, scheduler, rollout, advantages, old_logp=old_logp,
-                            ref_logp=ref_logp, cfg=upd)
+                            ref_logp=ref_logp, cfg=upd, dist=dist)
         if stats.skipped_nonfinite:
             nonfinite_skips = handle_nonfinite(cfg, stats.skipped_nonfinite[0], step, nonfinite_skips)
             if stats.updates == 0:
                 continue
 
         step_s = time.perf_counter() - t_step
+        # Metrics of the global batch (one process: this batch), written by rank 0 only.
+        all_advantages = dist.cat_rows(advantages)  # (N_all,)
+        all_old, all_ref = gather_optional_rows(old_logp, dist), gather_optional_rows(ref_logp, dist)
+        stop_now = dist.any_true(bool(stop.signal_name))
+        if not dist.is_main:
+            if evaluate_and_checkpoint(cfg, step, stop_now, save, dist, run_eval=None):
+                return
+            continue
+        batch, rollout, advantages = everyone, everyone.rollout, all_advantages
         tokens = float(rollout.completion_lengths.sum())
         metrics = {
             # reward/* and grpo/frac_zero_std_groups: the batch trained on (after DAPO's
@@ -226,32 +260,49 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
             "time/step_s": step_s,
         }
         # Attribution (attr/*), reward-hacking signals (hacking/*), rollout dump: lmmixup/inspect.
-        metrics.update(inspector.after_step(step, batch, advantages, old_logp, ref_logp, metrics))
+        metrics.update(inspector.after_step(step, batch, advantages, all_old, all_ref, metrics))
         log.log(step, metrics)
         bar.set_postfix(reward=f"{metrics['reward/total_mean']:.3f}", kl=f"{stats.kl:.4f}")
 
-        if cfg.eval_every and step % cfg.eval_every == 0 and cfg.data.eval_file:
+        def run_eval() -> None:
             evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step, log=log)
-        if stop.signal_name:
-            save(step)
-            print(f"stopped by {stop.signal_name} after step {step}; checkpoint saved, "
-                  f"continue with resume=auto hydra.run.dir={run_dir}", file=sys.stderr)
+
+        if evaluate_and_checkpoint(cfg, step, stop_now, save, dist, run_eval):
+            print(f"stopped by {stop.signal_name or 'a signal to another rank'} after step {step}; "
+                  f"checkpoint saved, continue with resume=auto hydra.run.dir={run_dir}",
+                  file=sys.stderr)
             log.finish()
             return
-        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-            save(step)
-
     save(cfg.steps)
-    save_final_model(model, tokenizer, run_dir)
-    if cfg.data.eval_file and not (cfg.eval_every and cfg.steps % cfg.eval_every == 0):
-        evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log)
+    if dist.is_main:
+        save_final_model(model, tokenizer, run_dir)
+        if cfg.data.eval_file and not (cfg.eval_every and cfg.steps % cfg.eval_every == 0):
+            evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log)
+    dist.barrier()
     log.finish()
 
 
+def evaluate_and_checkpoint(cfg: TrainConfig, step: int, stop_now: bool, save, dist: DistContext,
+                            run_eval) -> bool:
+    """The end of a step on every rank: rank 0 evaluates (the others wait), every rank takes
+    part in a checkpoint. Returns True when the run stops here (a signal reached some rank)."""
+    if cfg.eval_every and step % cfg.eval_every == 0 and cfg.data.eval_file:
+        if dist.is_main:
+            run_eval()
+        dist.barrier()
+    if stop_now:
+        save(step)
+        return True
+    if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+        save(step)
+    return False
+
+
 def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, device,
-            run_dir: Path, config_dict, config_yaml: str) -> None:
+            run_dir: Path, config_dict, config_yaml: str, dist: DistContext) -> None:
     """The SFT cold start: cross-entropy on target tokens only (prompt masked), lr warm-up,
-    token-exact gradient accumulation. Checkpoints and resume work as in GRPO."""
+    token-exact gradient accumulation. Checkpoints and resume work as in GRPO. Under torchrun
+    each rank takes a contiguous 1/N of every step's examples; the token normaliser is global."""
     from tqdm import tqdm
 
     from lmmixup.sft import encode_rows, sft_backward
@@ -263,30 +314,34 @@ def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, devi
     if skipped:
         print(f"sft: skipped {skipped} rows longer than sft.max_seq_len", file=sys.stderr)
     sampler = PromptSampler(examples, cfg.data.shuffle_seed)
-    resume_config = {**config_dict, "device": device.type}  # as in run(): the device that ran
+    resume_config = {**config_dict, "device": device.type, **dist.fingerprint()}  # as in run()
+    require(cfg.sft.examples_per_step % dist.world_size == 0, "sft.examples_per_step",
+            f"must be divisible by the {dist.world_size} ranks")
+    dist.wrap(model)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
     start_step = 0
     checkpoint = find_resume_checkpoint(cfg.resume, run_dir)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, resume_config)
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, resume_config,
+                                rank=dist.rank)
         start_step = state.step
         sampler.load_state_dict(state.sampler)
-    log = MetricsLog(cfg.logger, run_dir, config_dict,
-                     resume_step=start_step if cfg.resume else None)
-    atomic_write_text(run_dir / "config.yaml", config_yaml)  # only now that every check has passed
+    log = open_log(cfg, run_dir, config_dict, config_yaml, start_step, dist)
     stop = StopRequest()
     params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps,
-               desc="sft", disable=not cfg.logger.progress_bar, dynamic_ncols=True)
+               desc="sft", disable=not (cfg.logger.progress_bar and dist.is_main),
+               dynamic_ncols=True)
     step = start_step
     for step in bar:
         seed_step(cfg.seed, step)
         t_step = time.perf_counter()
-        batch = sampler.next_batch(cfg.sft.examples_per_step)
+        batch = sampler.next_batch(cfg.sft.examples_per_step)  # the global batch
+        mine = shard_positions(len(batch), len(batch), dist.world_size, dist.rank)
         optimizer.zero_grad(set_to_none=True)
-        loss, tokens = sft_backward(model, batch, cfg.micro_batch_size, tokenizer.pad_token_id,
-                                    device, cfg.logprob_chunk_size)
+        loss, tokens = sft_backward(model, [batch[i] for i in mine], cfg.micro_batch_size,
+                                    tokenizer.pad_token_id, device, cfg.logprob_chunk_size, dist)
         clip_to = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
@@ -300,19 +355,46 @@ def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, devi
                        "sft/lr": scheduler.get_last_lr()[0], "time/step_s": step_s,
                        "sft/tokens_per_s": tokens / max(step_s, 1e-9)})
         bar.set_postfix(loss=f"{loss:.3f}")
-        if stop.signal_name or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
-            save_checkpoint(run_dir, step, model, optimizer, scheduler, sampler.state_dict(),
-                            resume_config, config_yaml, cfg.checkpoint)
-        if stop.signal_name:
-            print(f"stopped by {stop.signal_name} after step {step}; checkpoint saved", file=sys.stderr)
+        stop_now = dist.any_true(bool(stop.signal_name))
+        if stop_now or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+            save_everywhere(dist, run_dir, step, model, optimizer, scheduler, sampler.state_dict(),
+                            resume_config, config_yaml, cfg)
+        if stop_now:
+            if dist.is_main:
+                print(f"stopped by {stop.signal_name or 'a signal to another rank'} after step "
+                      f"{step}; checkpoint saved", file=sys.stderr)
             log.finish()
             return
-    save_checkpoint(run_dir, cfg.steps, model, optimizer, scheduler, sampler.state_dict(),
-                    resume_config, config_yaml, cfg.checkpoint)
-    save_final_model(model, tokenizer, run_dir)
-    if cfg.data.eval_file:
-        evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log)
+    save_everywhere(dist, run_dir, cfg.steps, model, optimizer, scheduler, sampler.state_dict(),
+                    resume_config, config_yaml, cfg)
+    if dist.is_main:
+        save_final_model(model, tokenizer, run_dir)
+        if cfg.data.eval_file:
+            evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log)
+    dist.barrier()
     log.finish()
+
+
+def open_log(cfg: TrainConfig, run_dir: Path, config_dict, config_yaml: str, start_step: int,
+             dist: DistContext):
+    """Rank 0's MetricsLog (and config.yaml, written only now that every check has passed);
+    the other ranks log nothing."""
+    if not dist.is_main:
+        return NullMetricsLog()
+    log = MetricsLog(cfg.logger, run_dir, config_dict, resume_step=start_step if cfg.resume else None)
+    atomic_write_text(run_dir / "config.yaml", config_yaml)
+    return log
+
+
+def save_everywhere(dist: DistContext, run_dir: Path, step: int, model, optimizer, scheduler,
+                    sampler_state, resume_config, config_yaml: str, cfg: TrainConfig) -> None:
+    """A checkpoint: rank 0 writes it, with every rank's RNG state (one gather); the others
+    wait until it is on disk (replicated weights and optimizer: rank 0's are everyone's)."""
+    rank_rng = dist.gather_objects(rank_rng_state()) if dist.distributed else None
+    if dist.is_main:
+        save_checkpoint(run_dir, step, model, optimizer, scheduler, sampler_state, resume_config,
+                        config_yaml, cfg.checkpoint, rank_rng=rank_rng)
+    dist.barrier()
 
 
 def save_final_model(model, tokenizer, run_dir: Path) -> None:
@@ -353,7 +435,10 @@ def handle_nonfinite(cfg: TrainConfig, what: str, step: int, skips: int) -> int:
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(dcfg: DictConfig) -> None:
-    report_errors(lambda: run(dcfg, Path(HydraConfig.get().runtime.output_dir)))
+    try:
+        report_errors(lambda: run(dcfg, Path(HydraConfig.get().runtime.output_dir)))
+    finally:
+        close_distributed()
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def advantage_split(components: Dict[str, torch.Tensor], total: torch.Tensor,
     the per-reward advantage terms. Pass the same settings the trainer used
     (cfg.reward.weights, cfg.algo.adv_scale, ...)."""
     grouped_total = total.view(-1, group_size)  # (B, G)
-    std = ADVANTAGE_SCALES[adv_scale](grouped_total)  # (B, 1) or None
+    std = ADVANTAGE_SCALES[adv_scale](grouped_total, total)  # (B, 1) or None
     scale = torch.ones_like(grouped_total[:, :1]) if std is None else std + adv_eps  # (B, 1)
     terms = {}
     for name, raw in components.items():

@@ -50,7 +50,9 @@ class CheckpointConfig:
 # Not `steps`: the lr schedule's horizon is steps x updates per step, so a new `steps` would move
 # the warm-up and the cosine under the resumed run. Not `device`: CPU and CUDA draw different
 # random streams (train.py fingerprints the resolved device, so auto -> cpu on a CPU is fine).
-RESUMABLE_CHANGES = ("resume", "logger", "checkpoint", "eval_every")
+# `dist` too: what of it changes the trajectory (the resolved sampling_rng, the world size) is
+# fingerprinted by train.py only when it differs from one process's, so older checkpoints resume.
+RESUMABLE_CHANGES = ("resume", "logger", "checkpoint", "eval_every", "dist")
 
 
 def config_fingerprint(config: Dict[str, Any]) -> Dict[str, str]:
@@ -102,8 +104,19 @@ def checkpoints_in(run_dir: Path) -> List[Path]:
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
+def rank_rng_state() -> Dict[str, Any]:
+    """This process's RNG states (Python, numpy, torch CPU [+ CUDA]), for rng_ranks.pt."""
+    state: Dict[str, Any] = {**rng_state(), "torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["torch_cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return state
+
+
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, sampler_state: Dict,
-                    config: Dict[str, Any], config_yaml: str, cfg: CheckpointConfig) -> Path:
+                    config: Dict[str, Any], config_yaml: str, cfg: CheckpointConfig,
+                    rank_rng: Optional[List[Dict[str, Any]]] = None) -> Path:
+    """rank_rng: under torchrun, every rank's `rank_rng_state()` (rank 0 writes them all to
+    rng_ranks.pt; resume gives each rank its own back)."""
     from safetensors.torch import save_model
 
     root = run_dir / "checkpoints"
@@ -117,6 +130,8 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, sampl
             torch_states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "torch_rng": torch_states}, tmp / "trainer.pt")
+        if rank_rng is not None:
+            torch.save(rank_rng, tmp / "rng_ranks.pt")
         (tmp / "config.yaml").write_text(config_yaml)
         if cfg.save_hf:
             model.save_pretrained(tmp / "hf", safe_serialization=True)
@@ -178,8 +193,10 @@ class ResumeState:
     sampler: Dict[str, int]
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, config: Dict[str, Any]) -> ResumeState:
-    """Restore everything a checkpoint holds, after checking it fits this run."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, config: Dict[str, Any],
+                    rank: int = 0) -> ResumeState:
+    """Restore everything a checkpoint holds, after checking it fits this run. rank > 0 (under
+    torchrun) restores that rank's own RNG states from rng_ranks.pt."""
     from safetensors.torch import load_model
 
     try:
@@ -223,5 +240,16 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, config: Dict[str, A
     except (KeyError, TypeError, ValueError) as e:
         raise LmmixupError(f"{trainer_file}: optimizer state does not fit this run "
                            f"({brief(e)})") from None
-    set_rng_state(meta["rng"], trainer["torch_rng"])
+    if rank == 0:
+        set_rng_state(meta["rng"], trainer["torch_rng"])
+    else:
+        try:
+            mine = torch.load(path / "rng_ranks.pt", map_location="cpu", weights_only=True)[rank]
+        except (OSError, IndexError, RuntimeError) as e:
+            raise LmmixupError(f"{path / 'rng_ranks.pt'}: no RNG state for rank {rank} "
+                               f"({brief(e)})") from None
+        torch_states = {"cpu": mine["torch_cpu"]}
+        if "torch_cuda" in mine:
+            torch_states["cuda"] = mine["torch_cuda"]
+        set_rng_state(mine, torch_states)
     return ResumeState(step=meta["step"], sampler=meta["sampler"])

@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lmmixup.checkpoint import CheckpointConfig
 from lmmixup.data.prompts import DataConfig
+from lmmixup.dist.context import DistConfig
 from lmmixup.errors import ConfigError, require
 from lmmixup.grpo import AlgoConfig
 from lmmixup.hacking import HackingConfig
@@ -23,7 +24,7 @@ from lmmixup.logging import LoggerConfig
 from lmmixup.models import ModelConfig
 from lmmixup.optim import OptimConfig
 from lmmixup.rewards.registry import RewardConfig
-from lmmixup.rollout import RolloutConfig
+from lmmixup.rollout import RECORDS_LOGPROBS, RolloutConfig
 
 
 @dataclass
@@ -77,6 +78,8 @@ class TrainConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     hacking: HackingConfig = field(default_factory=HackingConfig)
     """thresholds of the reward-hacking signals logged every GRPO step (lmmixup/hacking.py)"""
+    dist: DistConfig = field(default_factory=DistConfig)
+    """data parallelism under torchrun (lmmixup/dist/); inert in one process"""
 
     def validate(self) -> None:
         require(self.stage in ("grpo", "sft", "eval"), "stage",
@@ -96,7 +99,8 @@ class TrainConfig:
         require(self.eval_every >= 0, "eval_every", "must be >= 0")
         require(not (self.algo.max_resample_rounds > 0 and not self.algo.filter_zero_std_groups),
                 "algo.max_resample_rounds", "needs algo.filter_zero_std_groups=true")
-        require(self.algo.rollout_is == "none" or self.rollout.engine == "static", "algo.rollout_is",
+        require(self.algo.rollout_is == "none" or self.rollout.engine in RECORDS_LOGPROBS,
+                "algo.rollout_is",  # (vllm records them too; it is experimental, not advertised)
                 "needs an engine that records sampling log-probs (rollout.engine=static)")
 
 

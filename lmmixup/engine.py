@@ -243,9 +243,10 @@ def _filter_top_k_top_p(scores: torch.Tensor, top_k: int, top_p: float) -> torch
     return scores
 
 
-def _draw(weights: torch.Tensor, generator):
+def _draw(weights: torch.Tensor, generator, u: Optional[torch.Tensor] = None):
     """One token per row from unnormalised probabilities weights (R, V) >= 0, by inverting the
-    CDF with one uniform per row. Returns (token (R,), total weight (R, 1)).
+    CDF with one uniform per row (u (R, 1) when given, else drawn from `generator`).
+    Returns (token (R,), total weight (R, 1)).
 
     `torch.multinomial` (what HF uses) draws V exponentials per row on CPU, a large part of a
     decode step at V = 49,152 (docs/LOG.md); one uniform per row is enough. A token of weight 0
@@ -253,25 +254,29 @@ def _draw(weights: torch.Tensor, generator):
     predecessor's."""
     cdf = weights.cumsum(dim=-1)  # (R, V)
     total = cdf[:, -1:].contiguous()  # (R, 1)
-    u = torch.rand(total.shape, generator=generator, device=weights.device, dtype=cdf.dtype) * total
+    if u is None:
+        u = torch.rand(total.shape, generator=generator, device=weights.device, dtype=cdf.dtype)
+    u = u.to(cdf.dtype) * total  # (R, 1)
     tok = torch.searchsorted(cdf, u, right=True)  # (R, 1), first index with cdf > u
     # u * total can round up to total itself; fall back to the last token with mass
     last = torch.searchsorted(cdf, total, right=False)  # (R, 1)
     return torch.minimum(tok, last).squeeze(1), total  # (R,), (R, 1)
 
 
-def _sample(logits: torch.Tensor, cfg: RolloutConfig, greedy: bool, generator):
-    """logits (R, V) -> token (R,), log pi(token) (R,) under log_softmax(logits / tau)."""
+def _sample(logits: torch.Tensor, cfg: RolloutConfig, greedy: bool, generator,
+            u: Optional[torch.Tensor] = None):
+    """logits (R, V) -> token (R,), log pi(token) (R,) under log_softmax(logits / tau).
+    u (R, 1): this step's uniforms, or None to draw them from `generator`."""
     scores = logits.float() / cfg.temperature  # (R, V)
     if greedy or cfg.top_k == 1:
         tok = scores.argmax(dim=-1)  # (R,)
     elif cfg.top_k > 0 or cfg.top_p < 1.0:
-        tok, _ = _draw(_filter_top_k_top_p(scores, cfg.top_k, cfg.top_p).softmax(dim=-1), generator)
+        tok, _ = _draw(_filter_top_k_top_p(scores, cfg.top_k, cfg.top_p).softmax(dim=-1), generator, u)
     else:
         # Unfiltered (the paper's setting): exp(s - max) is softmax's numerator, and the sum the
         # CDF ends with gives log Z = max + log(sum), so no separate logsumexp pass.
         top = scores.amax(dim=-1, keepdim=True)  # (R, 1)
-        tok, total = _draw((scores - top).exp_(), generator)  # (R,), (R, 1)
+        tok, total = _draw((scores - top).exp_(), generator, u)  # (R,), (R, 1)
         logp = scores.gather(1, tok[:, None]) - top - total.log()  # (R, 1)
         return tok, logp.squeeze(1)
     logp = scores.gather(1, tok[:, None]).squeeze(1) - torch.logsumexp(scores, dim=-1)  # (R,)
@@ -281,7 +286,8 @@ def _sample(logits: torch.Tensor, cfg: RolloutConfig, greedy: bool, generator):
 @torch.no_grad()
 def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: RolloutConfig,
                     group_size: int, stop_ids: Sequence[int], pad_id: int, *, greedy: bool = False,
-                    compact: bool = True, generator: Optional[torch.Generator] = None) -> Rollout:
+                    compact: bool = True, generator: Optional[torch.Generator] = None,
+                    uniforms: Optional[torch.Tensor] = None) -> Rollout:
     """Sample G completions for each of B left-padded prompts with a static KV cache.
 
     prompt_ids, prompt_mask: (B, P). Same contract as `rollout.hf_generate`, plus:
@@ -289,6 +295,8 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
                  log-probs are still those of log_softmax(logits / tau)
       compact    drop finished rows from the cache as they accumulate (False: static shapes)
       generator  torch.Generator on the model's device; None draws from the global torch RNG
+      uniforms   (N, T) the uniform of every (row, token) drawn ahead, e.g. one generator per
+                 group (lmmixup/dist/shard.py); replaces `generator`
     An empty `stop_ids` never stops early: every row gets exactly cfg.max_new_tokens tokens.
     Returns a Rollout whose T is the number of decode steps run (<= cfg.max_new_tokens), with
     `rollout_logp` filled (0 after a row's stop token).
@@ -315,6 +323,8 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
     out_ids = torch.full((n, t_max), pad_id, dtype=torch.long, device=device)  # (N, T)
     out_logp = torch.zeros(n, t_max, dtype=torch.float32, device=device)  # (N, T)
     stops = torch.as_tensor(list(stop_ids), dtype=torch.long, device=device)  # (S,)
+    if uniforms is not None:
+        uniforms = uniforms.to(device)  # (N, T)
 
     hidden = _prefill(dec, prompt_ids, prompt_mask, cos_tab, sin_tab, cache, g)  # (B, hidden)
     logits = repeat_for_group(dec.lm_head(hidden), g)  # (N, V)
@@ -331,7 +341,8 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
             logits = dec.lm_head(hidden)  # (R, V)
             pos += 1
             col += 1
-        tok, logp = _sample(logits, cfg, greedy, generator)  # (R,), (R,)
+        u = None if uniforms is None else uniforms[rows, t][:, None]  # (R, 1)
+        tok, logp = _sample(logits, cfg, greedy, generator, u)  # (R,), (R,)
         tok = tok.masked_fill(done, pad_id)
         out_ids[rows, t] = tok
         out_logp[rows, t] = logp.masked_fill(done, 0.0)

@@ -114,20 +114,20 @@ def group_std(grouped: torch.Tensor) -> torch.Tensor:
     return grouped.std(dim=1, correction=1, keepdim=True)  # (B, 1)
 
 
-def _group_std_scale(grouped: torch.Tensor) -> torch.Tensor:
+def _group_std_scale(grouped: torch.Tensor, population: torch.Tensor) -> torch.Tensor:
     return group_std(grouped)  # (B, 1)
 
 
-def _batch_std_scale(grouped: torch.Tensor) -> torch.Tensor:
-    flat = grouped.reshape(1, -1)  # (1, N)
+def _batch_std_scale(grouped: torch.Tensor, population: torch.Tensor) -> torch.Tensor:
+    flat = population.reshape(1, -1)  # (1, M)
     return group_std(flat).expand(grouped.shape[0], 1)  # (B, 1), one std for the whole batch
 
 
-def _no_scale(grouped: torch.Tensor) -> Optional[torch.Tensor]:
+def _no_scale(grouped: torch.Tensor, population: torch.Tensor) -> Optional[torch.Tensor]:
     return None
 
 
-ADVANTAGE_SCALES: Dict[str, Callable[[torch.Tensor], Optional[torch.Tensor]]] = {
+ADVANTAGE_SCALES: Dict[str, Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]]] = {
     "group_std": _group_std_scale,
     "batch_std": _batch_std_scale,
     "none": _no_scale,
@@ -135,11 +135,12 @@ ADVANTAGE_SCALES: Dict[str, Callable[[torch.Tensor], Optional[torch.Tensor]]] = 
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group_std",
-                     eps: float = 1e-4) -> torch.Tensor:
-    """rewards (N,) in group order -> advantages (N,)."""
+                     eps: float = 1e-4, population: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """rewards (N,) in group order -> advantages (N,). population (M,): the rewards batch_std
+    is taken over, default `rewards`; under torchrun the global batch's (every rank's rows)."""
     grouped = rewards.view(-1, group_size)  # (B, G)
     centred = grouped - grouped.mean(dim=1, keepdim=True)  # (B, G)
-    std = ADVANTAGE_SCALES[scale](grouped)  # (B, 1) or None
+    std = ADVANTAGE_SCALES[scale](grouped, rewards if population is None else population)  # (B, 1) or None
     if std is not None:
         centred = centred / (std + eps)  # (B, G)
     return centred.reshape(-1)  # (N,)

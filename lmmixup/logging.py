@@ -154,3 +154,15 @@ class MetricsLog:
 
     def finish(self) -> None:
         self.wandb.finish()
+
+
+class NullMetricsLog:
+    """What ranks other than 0 log to under torchrun: nothing (rank 0 writes metrics.jsonl)."""
+
+    wandb = _NullWandb()
+
+    def log(self, step: int, metrics: Dict[str, float]) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass

@@ -34,7 +34,8 @@ from lmmixup.rollout_batch import (  # noqa: F401  (re-exported: the rollout typ
 @dataclass
 class RolloutConfig:
     engine: str = "static"
-    """rollout engine: static (preallocated KV cache, ours) | hf (transformers generate)"""
+    """rollout engine: static (preallocated KV cache, ours) | hf (transformers generate) |
+    vllm (EXPERIMENTAL, GPU, optional extra; lmmixup/vllm_rollout)"""
     max_new_tokens: int = 128
     """maximum completion length T; longer completions are cut and counted as truncated"""
     temperature: float = 1.0
@@ -91,9 +92,18 @@ def hf_generate(model, prompt_ids, prompt_mask, cfg: RolloutConfig, group_size: 
     return Rollout(ids, mask, completion, completion_mask, truncated, rollout_logp=None)
 
 
+def vllm_generate(*args, **kwargs) -> Rollout:
+    """EXPERIMENTAL, not run here (lmmixup/vllm_rollout): imported on first use, vLLM optional."""
+    from lmmixup.vllm_rollout.engine import vllm_generate as generate
+
+    return generate(*args, **kwargs)
+
+
 EngineFn = Callable[..., Rollout]
 # The one place engines are named; each module defines its engine and registers nothing itself.
-ENGINES: Dict[str, EngineFn] = {"hf": hf_generate, "static": static_generate}
+ENGINES: Dict[str, EngineFn] = {"hf": hf_generate, "static": static_generate, "vllm": vllm_generate}
+# engines whose Rollout carries the sampler's log-probs (rollout_logp)
+RECORDS_LOGPROBS = ("static", "vllm")
 
 
 def get_engine(name: str) -> EngineFn:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from lmmixup.data.prompts import PromptRow
+from lmmixup.dist.context import LOCAL, DistContext
 from lmmixup.errors import LmmixupError
 
 IGNORE_INDEX = -100
@@ -148,22 +149,33 @@ def sft_loss(model, batch: SFTBatch, num_target_tokens: Optional[int] = None,
 
 
 def sft_backward(model, examples: Sequence[SFTExample], micro_batch_size: int, pad_id: int,
-                 device=None, chunk_size: int = 1024) -> Tuple[float, int]:
+                 device=None, chunk_size: int = 1024, dist: DistContext = LOCAL) -> Tuple[float, int]:
     """Accumulate the gradient of one optimizer batch, micro-batch by micro-batch.
 
     Returns (mean token loss of the whole batch, its target tokens). The caller clips and
     steps the optimizer. The result does not depend on micro_batch_size, nor on which examples
     share a micro-batch, so they are grouped by length: each micro-batch is padded only to its
     own longest example (MIXTURE rows range from ~150 to ~1,200 tokens).
+    Under torchrun `examples` is this rank's share: the target-token count is summed over ranks
+    (one int64 all-reduce) before the first backward, DDP's mean is cancelled (x world_size) and
+    gradients are all-reduced once, on the last micro-batch (lmmixup/dist/context.py).
     """
-    total_tokens = sum(ex.num_target_tokens for ex in examples)
+    local_tokens = sum(ex.num_target_tokens for ex in examples)
+    total_tokens = dist.sum_counts([local_tokens])[0]
     by_length = sorted(examples, key=lambda ex: len(ex.input_ids))
+    starts = range(0, len(by_length), micro_batch_size)
+    if not by_length:  # nothing on this rank: still take part in the gradient all-reduce
+        dist.zero_backward(model)
     loss_value = 0.0
-    for start in range(0, len(by_length), micro_batch_size):
+    for i, start in enumerate(starts):
         batch = collate(by_length[start:start + micro_batch_size], pad_id)
         if device is not None:
             batch = batch.to(device)
-        loss, _ = sft_loss(model, batch, num_target_tokens=total_tokens, chunk_size=chunk_size)
-        loss.backward()
+        with dist.grad_sync(last=i == len(starts) - 1):
+            loss, _ = dist.forward(sft_loss, model, batch, num_target_tokens=total_tokens,
+                                   chunk_size=chunk_size)
+            (loss * dist.grad_scale if dist.distributed else loss).backward()
         loss_value += float(loss.detach())
+    if dist.distributed:
+        loss_value = dist.sum_floats([loss_value])[0]
     return loss_value, total_tokens

@@ -13,6 +13,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import torch
 
 from lmmixup.data.prompts import PromptRow, encode_prompts
+from lmmixup.dist.context import LOCAL, DistContext
+from lmmixup.dist.gather import gather_padded_rows
 from lmmixup.errors import require
 from lmmixup.grpo import (AlgoConfig, LossNorm, MismatchStats, mismatch_stats,
                           policy_loss, rollout_is_weights, zero_std_groups)
@@ -23,15 +25,19 @@ from lmmixup.rollout import Rollout, RolloutConfig, concat_rollouts, get_engine,
 
 
 def sample(model, tokenizer, rows: List[PromptRow], rollout_cfg: RolloutConfig, group_size: int,
-           stop_ids: Sequence[int], max_prompt_tokens: int, source: str, device) -> Rollout:
-    """B rows -> a Rollout of N = B*G completions (model switched to eval for decoding)."""
+           stop_ids: Sequence[int], max_prompt_tokens: int, source: str, device,
+           uniforms: Optional[torch.Tensor] = None) -> Rollout:
+    """B rows -> a Rollout of N = B*G completions (model switched to eval for decoding).
+    uniforms (N, T): per-group sampling randomness (lmmixup/dist/shard.py), static engine only;
+    None samples from the global torch RNG."""
     prompt_ids, prompt_mask = encode_prompts(tokenizer, rows, max_prompt_tokens, source)  # (B, P)
     was_training = model.training
     model.eval()
     try:
         engine = get_engine(rollout_cfg.engine)
+        extra = {} if uniforms is None else {"uniforms": uniforms}
         return engine(model, prompt_ids.to(device), prompt_mask.to(device), rollout_cfg,
-                      group_size, stop_ids, tokenizer.pad_token_id)
+                      group_size, stop_ids, tokenizer.pad_token_id, **extra)
     finally:
         model.train(was_training)
 
@@ -64,6 +70,8 @@ def loss_mask(rollout: Rollout, algo: AlgoConfig) -> torch.Tensor:
 def frozen_logprobs(model, rollout: Rollout, temperature: float, micro_batch_size: int,
                     chunk_size: int) -> torch.Tensor:
     """log-probs (N, T) of the rollout's completions under a model, without gradients."""
+    if rollout.num_sequences == 0:  # a rank whose groups DAPO filtered away
+        return torch.zeros_like(rollout.completion_mask)  # (0, T)
     out = []
     for s in range(0, rollout.num_sequences, micro_batch_size):
         sl = slice(s, s + micro_batch_size)
@@ -87,14 +95,19 @@ class UpdateConfig:
     update_slots: int  # lr-schedule steps this batch owns: mu * (planned N / mini_batch_size)
 
 
-def update_config(cfg) -> UpdateConfig:
+def update_config(cfg, world_size: int = 1) -> UpdateConfig:
     """The UpdateConfig of a TrainConfig. The schedule's horizon is steps * update_slots: every
     planned update slot advances it, also one whose mini-batch DAPO filtered away or that was
-    skipped as non-finite, so the lr at step s never depends on what filtering did."""
+    skipped as non-finite, so the lr at step s never depends on what filtering did.
+    Under torchrun, mini_batch_size is one rank's share of a mini-batch (lmmixup/dist/shard.py)."""
     g = cfg.algo.group_size
     mini_prompts = cfg.mini_batch_prompts or cfg.prompts_per_step
+    require(mini_prompts % world_size == 0, "mini_batch_prompts" if cfg.mini_batch_prompts
+            else "prompts_per_step",
+            f"must be divisible by the {world_size} ranks (each takes an equal share of a mini-batch)")
     return UpdateConfig(
-        algo=cfg.algo, max_new_tokens=cfg.rollout.max_new_tokens, mini_batch_size=mini_prompts * g,
+        algo=cfg.algo, max_new_tokens=cfg.rollout.max_new_tokens,
+        mini_batch_size=mini_prompts // world_size * g,
         micro_batch_size=cfg.micro_batch_size, temperature=cfg.rollout.temperature,
         chunk_size=cfg.logprob_chunk_size, max_grad_norm=cfg.optim.max_grad_norm,
         update_slots=cfg.algo.num_iterations * (cfg.prompts_per_step // mini_prompts))
@@ -143,7 +156,7 @@ class _Sums:
 
 def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch.Tensor,
                 old_logp: Optional[torch.Tensor], ref_logp: Optional[torch.Tensor],
-                cfg: UpdateConfig) -> UpdateStats:
+                cfg: UpdateConfig, dist: DistContext = LOCAL) -> UpdateStats:
     """mu passes of optimizer updates over one rollout batch.
 
     advantages (N,); old_logp, ref_logp (N, T) or None. old_logp None means "the policy that
@@ -154,6 +167,11 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
     A mini-batch whose loss or gradient is not finite is skipped before the weights change, and
     its statistics are dropped; it still consumes its lr-schedule slot, as does every planned
     slot this (possibly DAPO-filtered, smaller) batch has no mini-batch for.
+
+    Under torchrun (`dist`), the rollout is this rank's share and cfg.mini_batch_size its share
+    of a mini-batch: the normalisers, the mini-batch count, the finiteness verdict and the
+    statistics are reduced over ranks, so the update equals one process's on the global batch
+    (lmmixup/dist/context.py explains each step).
     """
     algo = cfg.algo
     n = rollout.num_sequences
@@ -167,41 +185,65 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
     grad_total = lr_total = 0.0
     slots = 0
     seen_old = torch.zeros_like(mask) if old_logp is None else old_logp  # (N, T), trainer's
+    # As many updates as one process would make on the global batch. DAPO's filtering can leave
+    # ranks uneven: a rank then packs its rows into that many mini-batches (`chunk`), and runs a
+    # zero-loss backward for any left empty. One process: chunk = mini_batch_size, as always.
+    num_mini = math.ceil(dist.sum_counts([n])[0] / (cfg.mini_batch_size * dist.world_size))
+    chunk = max(cfg.mini_batch_size, math.ceil(n / num_mini))
     for iteration in range(algo.num_iterations):
-        for mb_start in range(0, n, cfg.mini_batch_size):
-            mb = range(mb_start, min(n, mb_start + cfg.mini_batch_size))
-            norm = LossNorm(num_sequences=len(mb), num_tokens=int(mask[mb_start:mb.stop].sum()),
-                            max_len=cfg.max_new_tokens,
-                            num_micro_batches=math.ceil(len(mb) / cfg.micro_batch_size))
+        for k in range(num_mini):
+            mb = range(min(n, k * chunk), min(n, (k + 1) * chunk))
+            micro = [slice(s, min(mb.stop, s + cfg.micro_batch_size))
+                     for s in range(mb.start, mb.stop, cfg.micro_batch_size)]
+            # one int64 all-reduce: the global normalisers, before the first backward
+            sequences, tokens, micro_batches = dist.sum_counts(
+                [len(mb), int(mask[mb.start:mb.stop].sum()), len(micro)])
+            norm = LossNorm(num_sequences=sequences, num_tokens=tokens, max_len=cfg.max_new_tokens,
+                            num_micro_batches=micro_batches)
             optimizer.zero_grad(set_to_none=True)
             sums, finite = _Sums(), True
-            for s in range(mb.start, mb.stop, cfg.micro_batch_size):
-                sl = slice(s, min(mb.stop, s + cfg.micro_batch_size))
-                logp, entropy = completion_logprobs(
-                    model, rollout.prompt_ids[sl], rollout.prompt_mask[sl],
-                    rollout.completion_ids[sl], cfg.temperature, cfg.chunk_size,
-                    with_entropy=iteration == 0)  # (n, T)
-                old = logp.detach() if old_logp is None else old_logp[sl]  # (n, T)
-                if old_logp is None:
-                    seen_old[sl] = old
-                weights = None
-                if algo.rollout_is != "none":
-                    weights = rollout_is_weights(old, rollout_logp[sl], mask[sl], algo.rollout_is,
-                                                 algo.rollout_is_cap).weights  # (n, T)
-                ref = None if ref_logp is None else ref_logp[sl]
-                parts = policy_loss(logp, old, ref, advantages[sl], mask[sl], algo, norm,
-                                    is_weights=weights)
-                if not torch.isfinite(parts.loss):
-                    finite = False
-                    stats.skipped_nonfinite.append("loss")
-                    break
-                parts.loss.backward()
+            if not micro:  # nothing on this rank: still take part in the gradient all-reduce
+                dist.zero_backward(model)
+            for i, sl in enumerate(micro):
+                last = i == len(micro) - 1
+                if not finite:  # a local non-finite loss: the batch is skipped on every rank
+                    if last and dist.distributed:
+                        dist.zero_backward(model)
+                    continue
+                with dist.grad_sync(last):
+                    logp, entropy = dist.forward(
+                        completion_logprobs, model, rollout.prompt_ids[sl], rollout.prompt_mask[sl],
+                        rollout.completion_ids[sl], cfg.temperature, cfg.chunk_size,
+                        with_entropy=iteration == 0)  # (n, T)
+                    old = logp.detach() if old_logp is None else old_logp[sl]  # (n, T)
+                    if old_logp is None:
+                        seen_old[sl] = old
+                    weights = None
+                    if algo.rollout_is != "none":
+                        weights = rollout_is_weights(old, rollout_logp[sl], mask[sl], algo.rollout_is,
+                                                     algo.rollout_is_cap).weights  # (n, T)
+                    ref = None if ref_logp is None else ref_logp[sl]
+                    parts = policy_loss(logp, old, ref, advantages[sl], mask[sl], algo, norm,
+                                        is_weights=weights)
+                    if not torch.isfinite(parts.loss):
+                        finite = False
+                        stats.skipped_nonfinite.append("loss")
+                        if not dist.distributed:
+                            break
+                        if last:
+                            dist.zero_backward(model)
+                        continue
+                    # x world_size cancels DDP's mean: the ranks' gradients add up
+                    (parts.loss * dist.grad_scale if dist.distributed else parts.loss).backward()
                 sums.add(_Sums(tokens=parts.tokens, kl=parts.kl_sum, ratio=parts.ratio_sum,
                                ratio_max=parts.ratio_max, clip_low=parts.clip_low_sum,
                                clip_high=parts.clip_high_sum, loss=float(parts.loss.detach())))
                 if entropy is not None:
                     sums.add(_Sums(entropy=float((entropy * mask[sl]).sum()),
                                    entropy_tokens=float(mask[sl].sum())))
+            if dist.distributed and dist.any_true(not finite) and finite:
+                finite = False  # another rank's loss was not finite
+                stats.skipped_nonfinite.append("loss")
             if finite:
                 clip_to = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
@@ -223,6 +265,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
             f"the batch needed {slots} updates, more than its {cfg.update_slots} planned slots")
     advance_schedule(scheduler, cfg.update_slots - slots)  # slots of groups DAPO filtered away
     optimizer.zero_grad(set_to_none=True)
+    total = _reduce_sums(total, dist)
     tokens = max(total.tokens, 1.0)
     applied = max(stats.updates, 1)
     stats.loss = total.loss / applied
@@ -235,12 +278,26 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
     stats.clip_frac_high = total.clip_high / tokens
     stats.entropy = total.entropy / max(total.entropy_tokens, 1.0)
     if rollout_logp is not None:
+        # the mismatch is measured on the global batch: every rank's rows, gathered
+        seen_old, rollout_logp, mask = (gather_padded_rows(x, dist)
+                                        for x in (seen_old, rollout_logp, mask))  # (N_all, T_all)
         stats.mismatch = mismatch_stats(seen_old, rollout_logp, mask)
         correction = rollout_is_weights(seen_old, rollout_logp, mask, algo.rollout_is,
                                         algo.rollout_is_cap)
         stats.is_frac_tokens_truncated = correction.frac_tokens_truncated
         stats.is_frac_seqs_masked = correction.frac_seqs_masked
     return stats
+
+
+def _reduce_sums(sums: _Sums, dist: DistContext) -> _Sums:
+    """Every rank's token sums added (a (sum, count) reduction, never a mean of means)."""
+    if not dist.distributed:
+        return sums
+    names = ("tokens", "kl", "ratio", "clip_low", "clip_high", "entropy", "entropy_tokens", "loss")
+    added = dist.sum_floats([getattr(sums, f) for f in names])
+    out = _Sums(**dict(zip(names, added)))
+    out.ratio_max = dist.max_float(sums.ratio_max)
+    return out
 
 
 def reward_metrics(total: torch.Tensor, components: Dict[str, torch.Tensor],
@@ -318,33 +375,46 @@ class ScoredBatch:
 
 
 def collect(next_rows, sample_fn, score_fn, batch_prompts: int, algo: AlgoConfig,
-            pad_id: int) -> ScoredBatch:
+            pad_id: int, dist: DistContext = LOCAL) -> ScoredBatch:
     """Sample and score B prompts. With algo.filter_zero_std_groups, groups whose rewards are
     all equal are dropped and fresh prompts are sampled, up to algo.max_resample_rounds extra
     rounds (DAPO's dynamic sampling); the batch may end up smaller than B, never larger.
 
     next_rows(k) -> k PromptRows; sample_fn(rows) -> Rollout; score_fn(rollout, rows) ->
-    (RewardBatch, total (n,), components)."""
+    (RewardBatch, total (n,), components).
+
+    Under torchrun, next_rows(k) returns this rank's share of the next k global prompts (possibly
+    none) and B counts the groups of every rank: the kept-group count is summed over ranks after
+    each round (the small all-reduce DAPO's refill needs), so every rank runs the same rounds. A
+    rank whose groups were all filtered away gets an empty batch; its training share is then a
+    zero-loss backward (grpo_update)."""
     g = algo.group_size
     sampled: List[_Round] = []
     kept: List[_Round] = []
-    kept_groups, dropped = 0, 0
+    kept_groups, dropped, rounds = 0, 0, 0  # kept_groups: over all ranks
     max_rounds = 1 + (algo.max_resample_rounds if algo.filter_zero_std_groups else 0)
-    while len(sampled) < max_rounds and kept_groups < batch_prompts:
+    while rounds < max_rounds and kept_groups < batch_prompts:
         rows = next_rows(batch_prompts - kept_groups)
-        rollout = sample_fn(rows)
-        round_ = _Round(rows, rollout, *score_fn(rollout, rows))
-        sampled.append(round_)
-        if not algo.filter_zero_std_groups:
-            kept.append(round_)
-            break
-        keep = ~zero_std_groups(round_.total, g)  # (b,)
-        dropped += int((~keep).sum())
-        if keep.any():
-            kept.append(round_.select_groups(keep, g))  # n' = b' * G rows
-            kept_groups += int(keep.sum())
-    if not kept:  # every group was flat: train on the first round (all advantages are 0)
-        kept = [sampled[0]]
+        rounds += 1
+        local_kept = 0
+        if rows:
+            rollout = sample_fn(rows)
+            round_ = _Round(rows, rollout, *score_fn(rollout, rows))
+            sampled.append(round_)
+            if not algo.filter_zero_std_groups:
+                kept.append(round_)
+                break
+            keep = ~zero_std_groups(round_.total, g)  # (b,)
+            dropped += int((~keep).sum())
+            if keep.any():
+                kept.append(round_.select_groups(keep, g))  # n' = b' * G rows
+                local_kept = int(keep.sum())
+        kept_groups += dist.sum_counts([local_kept])[0]
+    if not kept:
+        # every group of every rank was flat: train on the first round (all advantages are 0);
+        # only this rank's were: it trains on nothing
+        none = torch.zeros(len(sampled[0].rows), dtype=torch.bool)  # (b,)
+        kept = [sampled[0] if kept_groups == 0 else sampled[0].select_groups(none, g)]
     names = list(sampled[0].components)
     return ScoredBatch(
         rollout=concat_rollouts([k.rollout for k in kept], pad_id) if len(kept) > 1 else kept[0].rollout,
@@ -354,6 +424,6 @@ def collect(next_rows, sample_fn, score_fn, batch_prompts: int, algo: AlgoConfig
         components={name: torch.cat([k.components[name] for k in kept]) for name in names},
         sampled_total=torch.cat([r.total for r in sampled]),
         sampled_components={name: torch.cat([r.components[name] for r in sampled]) for name in names},
-        rounds=len(sampled),
+        rounds=rounds,
         dropped_groups=dropped,
     )

@@ -163,6 +163,11 @@ ROWS = [
       "rollout.dtype: only rollout.engine=static samples in another precision"),
     R("config-rollout-is-without-sampler-logprobs", "rollout.engine=hf algo.rollout_is=token_tis",
       "algo.rollout_is: needs an engine that records sampling log-probs (rollout.engine=static)"),
+    R("config-dist-fsdp2", "dist.strategy=fsdp2",
+      "dist.strategy: fsdp2 (fully_shard) is not implemented yet; use dist.strategy=ddp"),
+    R("config-group-sampling-on-hf-engine", "rollout.engine=hf dist.sampling_rng=group",
+      "dist.sampling_rng: group needs rollout.engine=static (the hf engine draws from one "
+      "global stream)"),
 ]
 # A reward registered by this file (`nan_probe`) scores 0.5 at step 1, then NaN.
 NONFINITE_ROWS = [

@@ -205,3 +205,18 @@ def test_bad_pools_give_one_line_and_leave_no_stage_file(library, tmp_path, cont
         run_in_process(library, out, [f"input={pool}"])
     assert str(e.value) == message.format(p=pool)
     assert sorted(p.name for p in out.iterdir()) == ["config.json"]  # no stage file, no temp file
+
+
+@pytest.mark.slow  # real distill.py subprocesses, under torchrun
+def test_two_ranks_write_the_bytes_of_one(library, finished, tmp_path):
+    """torchrun --nproc_per_node=2 distill.py: rating, generation and re-rating shards split
+    over the ranks (lmmixup/dist/), every file byte-identical to the one-process run."""
+    out = tmp_path / "two"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("LMMIXUP_DISTILL_KILL", None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(ROOT / "distill.py"), *base_args(library, out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert digests(out) == digests(finished) and set(digests(out)) == set(STAGE_FILES)
+    assert (out / ".work" / "rate" / "shard_00001.jsonl").is_file()  # rank 1's shard

@@ -194,13 +194,15 @@ def shard_name(index: int) -> str:
 
 
 def run_sharded(folder: Path, batches: Iterable[list], total: int, work, desc: str,
-                progress: bool, kill_name: str) -> List[Path]:
+                progress: bool, kill_name: str, rank: int = 0, world_size: int = 1) -> List[Path]:
     """Process `batches` (an iterable of item lists, consumed once, in order) as shards:
     `work(index, batch)` returns the shard's rows (and may write side files, atomically, before
     returning). Each shard's JSONL is renamed into place, then its index joins the done-list; a
     rerun skips the shards on the list. Shard boundaries depend only on the input and the
     shard size, so a resumed stage batches exactly as an uninterrupted one (same floats, same
-    bytes). Only one batch is held in memory at a time when `batches` is a generator."""
+    bytes). Only one batch is held in memory at a time when `batches` is a generator.
+    Under torchrun rank r works the shards j with j % world_size == r (the caller waits for
+    every rank before reading them); a shard's bytes do not depend on which rank wrote it."""
     from tqdm import tqdm
 
     from lmmixup.data.jsonl import atomic_write_jsonl
@@ -211,7 +213,7 @@ def run_sharded(folder: Path, batches: Iterable[list], total: int, work, desc: s
     with tqdm(total=total, desc=desc, disable=not progress, dynamic_ncols=True) as bar:
         for j, batch in enumerate(batches):
             paths.append(folder / shard_name(j))
-            if j not in finished:
+            if j not in finished and j % world_size == rank:
                 atomic_write_jsonl(paths[-1], work(j, batch))
                 done.add(j)
                 kill_point(f"{kill_name}:shard{j}")

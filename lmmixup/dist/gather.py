@@ -1,0 +1,52 @@
+"""Every rank's rows -> the global batch, in rank order (the order of the global prompt batch).
+
+The step's metrics (reward means and stds, lengths, the mismatch statistics), the attribution
+and reward-hacking signals and the rollout dumps are computed by the code that computes them in
+one process, on the gathered global batch: exact, with no per-rank means to average. Rewards and
+per-token arrays are small next to the model (N x T floats), and rank 0 is the only writer.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from lmmixup.dist.context import DistContext
+
+
+def gather_padded_rows(x: torch.Tensor, dist: DistContext, value: float = 0.0) -> torch.Tensor:
+    """(n_r, T_r) on each rank -> (sum n_r, max T_r), right-padded with `value` (0 = masked)."""
+    if not dist.distributed:
+        return x
+    parts: List[torch.Tensor] = dist.gather_objects(x.detach().cpu())
+    width = max(p.shape[1] for p in parts)
+    padded = [torch.cat([p, p.new_full((p.shape[0], width - p.shape[1]), value)], dim=1)
+              for p in parts]
+    return torch.cat(padded).to(x.device)
+
+
+def gather_optional_rows(x: Optional[torch.Tensor], dist: DistContext) -> Optional[torch.Tensor]:
+    return None if x is None else gather_padded_rows(x, dist)
+
+
+def gather_batch(batch, dist: DistContext, pad_id: int):
+    """A rank's ScoredBatch (lmmixup/step.py) -> the global one (every rank gets it)."""
+    if not dist.distributed:
+        return batch
+    from lmmixup.rollout_batch import concat_rollouts
+    from lmmixup.step import ScoredBatch, _concat_texts
+
+    parts = dist.gather_objects(batch)
+    names = list(parts[0].components)
+    return ScoredBatch(
+        rollout=concat_rollouts([p.rollout for p in parts], pad_id),
+        rows=[r for p in parts for r in p.rows],
+        texts=_concat_texts([p.texts for p in parts]),
+        total=torch.cat([p.total for p in parts]),
+        components={k: torch.cat([p.components[k] for p in parts]) for k in names},
+        sampled_total=torch.cat([p.sampled_total for p in parts]),
+        sampled_components={k: torch.cat([p.sampled_components[k] for p in parts]) for k in names},
+        rounds=parts[0].rounds,  # every rank runs the same rounds
+        dropped_groups=sum(p.dropped_groups for p in parts),
+    )
