@@ -124,7 +124,14 @@ def _prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
 
 def shares_prompts(model) -> bool:
     """Whether `_shared_prompt_hidden` reproduces this model's forward exactly (the check of
-    lmmixup.kernels, shared with the rollout engine)."""
+    lmmixup.kernels, shared with the rollout engine). Not under FSDP2: its hooks run on each
+    layer's forward(), which the shared-prompt path does not call (lmmixup/dist/strategy.py)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", [])
+    if len(layers) and isinstance(layers[0], FSDPModule):
+        return False
     return unsupported_reason(model) is None
 
 

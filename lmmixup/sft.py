@@ -164,14 +164,20 @@ def sft_backward(model, examples: Sequence[SFTExample], micro_batch_size: int, p
     total_tokens = dist.sum_counts([local_tokens])[0]
     by_length = sorted(examples, key=lambda ex: len(ex.input_ids))
     starts = range(0, len(by_length), micro_batch_size)
-    if not by_length:  # nothing on this rank: still take part in the gradient all-reduce
-        dist.zero_backward(model)
+    # at least one pass on an empty rank; FSDP2: as many as the busiest rank (see grpo_update)
+    passes = max(dist.micro_slots(len(starts)), 1 if dist.distributed else 0)
     loss_value = 0.0
-    for i, start in enumerate(starts):
+    for i in range(passes):
+        if i >= len(starts):  # nothing (left) on this rank: still take part in the collectives
+            if dist.needs_filler(last=i == passes - 1):
+                with dist.grad_sync(last=i == passes - 1):
+                    dist.zero_backward(model)
+            continue
+        start = starts[i]
         batch = collate(by_length[start:start + micro_batch_size], pad_id)
         if device is not None:
             batch = batch.to(device)
-        with dist.grad_sync(last=i == len(starts) - 1):
+        with dist.grad_sync(last=i == passes - 1):
             loss, _ = dist.forward(sft_loss, model, batch, num_target_tokens=total_tokens,
                                    chunk_size=chunk_size)
             (loss * dist.grad_scale if dist.distributed else loss).backward()

@@ -202,14 +202,17 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
                             num_micro_batches=micro_batches)
             optimizer.zero_grad(set_to_none=True)
             sums, finite = _Sums(), True
-            if not micro:  # nothing on this rank: still take part in the gradient all-reduce
-                dist.zero_backward(model)
-            for i, sl in enumerate(micro):
-                last = i == len(micro) - 1
-                if not finite:  # a local non-finite loss: the batch is skipped on every rank
-                    if last and dist.distributed:
-                        dist.zero_backward(model)
+            # DDP: this rank's micro-batches, at least one pass (an empty rank still joins the
+            # all-reduce); FSDP2: as many passes as the busiest rank (its forwards all-gather)
+            passes = max(dist.micro_slots(len(micro)), 1 if dist.distributed else 0)
+            for i in range(passes):
+                last = i == passes - 1
+                if i >= len(micro) or not finite:  # no rows left, or a skipped non-finite batch
+                    if dist.needs_filler(last):
+                        with dist.grad_sync(last):
+                            dist.zero_backward(model)
                     continue
+                sl = micro[i]
                 with dist.grad_sync(last):
                     logp, entropy = dist.forward(
                         completion_logprobs, model, rollout.prompt_ids[sl], rollout.prompt_mask[sl],
@@ -230,8 +233,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
                         stats.skipped_nonfinite.append("loss")
                         if not dist.distributed:
                             break
-                        if last:
-                            dist.zero_backward(model)
+                        dist.discard_backward(parts.loss, model, last)  # keeps collectives aligned
                         continue
                     # x world_size cancels DDP's mean: the ranks' gradients add up
                     (parts.loss * dist.grad_scale if dist.distributed else parts.loss).backward()
@@ -246,7 +248,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
                 stats.skipped_nonfinite.append("loss")
             if finite:
                 clip_to = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
+                grad_norm = dist.clip_grad_norm(params, clip_to)
                 if not math.isfinite(grad_norm):
                     finite = False
                     stats.skipped_nonfinite.append("gradient")

@@ -131,8 +131,9 @@ def _run_case(name, world_size, rank, model_state, out_dir, dist_ctx):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     stats = grpo_update(model, opt, sched, rollout, advantages, old_logp=old, ref_logp=ref,
                         cfg=cfg, dist=dist_ctx)
+    weights = dist_ctx.full_model(model).state_dict()  # FSDP2: gathered (every rank takes part)
     if rank == 0:
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
+        torch.save({k: v.detach().clone() for k, v in weights.items()},
                    out_dir / f"{name}-{world_size}.pt")
         record = {k: v for k, v in asdict(stats).items() if k != "skipped_nonfinite"}
         (out_dir / f"{name}-{world_size}.json").write_text(json.dumps(record))
@@ -164,8 +165,9 @@ def _run_sft(world_size, rank, model_state, out_dir, dist_ctx):
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     loss, tokens = sft_backward(model, mine, 2, 0, dist=dist_ctx)
     opt.step()
+    weights = dist_ctx.full_model(model).state_dict()
     if rank == 0:
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
+        torch.save({k: v.detach().clone() for k, v in weights.items()},
                    out_dir / f"sft-{world_size}.pt")
         (out_dir / f"sft-{world_size}.json").write_text(json.dumps({"loss": loss, "tokens": tokens}))
 

@@ -22,7 +22,7 @@ def test_wrapper_prefixes_are_removed():
 def test_weight_items_of_a_ddp_wrapped_tiny_llama_are_its_checkpoint_names():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lmmixup.dist.context import _Call
+    from lmmixup.dist.strategy import _Call
 
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
                                       num_hidden_layers=1, num_attention_heads=2,

@@ -18,11 +18,9 @@ Choices, and why (mean-of-means across ranks is the GRPO bug public trainers fix
   * The number of synchronised backwards must match on every rank, or the collectives hang: the
     mini-batch count is all-reduced (MAX) and a rank with no rows in a mini-batch runs one
     zero-loss backward (`zero_backward`) so its DDP all-reduce still happens.
-  * DDP wraps a tiny module whose forward calls the given function on the model (`forward`), so
-    the project's own forward passes (completion_logprobs, sft_loss: chunked lm_head, shared
-    prompts) go through DDP's hooks unchanged. forward_sync_buffers=False: ranks run different
-    numbers of forwards under no_sync, and a per-forward buffer broadcast would misalign them
-    (the model's only buffers, rotary tables, are equal on every rank anyway).
+  * DDP (or FSDP2, strategy.py) wraps a tiny module whose forward calls the given function on
+    the model (`forward`), so the project's own forward passes (completion_logprobs, sft_loss:
+    chunked lm_head, shared prompts) go through the wrapper's hooks unchanged.
   * Metrics are reduced as (sum, count) pairs or computed on the gathered global batch, never as
     a mean of per-rank means. Only rank 0 writes files and logs.
 """
@@ -36,13 +34,15 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
+from lmmixup.dist.strategy import STRATEGIES
 from lmmixup.errors import ConfigError, require
 
 
 @dataclass
 class DistConfig:
     strategy: str = "ddp"
-    """ddp (replicated weights, all-reduced gradients) | fsdp2 (sharded; not implemented yet)"""
+    """ddp (replicated weights, all-reduced gradients) | fsdp2 (fully_shard: parameters,
+    gradients and optimizer state sharded over the ranks; lmmixup/dist/strategy.py)"""
     backend: str = "auto"
     """torch.distributed backend: auto (nccl on CUDA, gloo on CPU) | gloo | nccl"""
     sampling_rng: str = "auto"
@@ -53,27 +53,11 @@ class DistConfig:
     def validate(self) -> None:
         require(self.strategy in STRATEGIES, "dist.strategy",
                 f"unknown {self.strategy!r}; known: {', '.join(STRATEGIES)}")
-        require(self.strategy != "fsdp2", "dist.strategy",
-                "fsdp2 (fully_shard) is not implemented yet; use dist.strategy=ddp")
         require(self.backend in ("auto", "gloo", "nccl"), "dist.backend",
                 f"must be auto, gloo or nccl, got {self.backend!r}")
         require(self.sampling_rng in ("auto", "global", "group"), "dist.sampling_rng",
                 f"must be auto, global or group, got {self.sampling_rng!r}")
 
-
-STRATEGIES = ("ddp", "fsdp2")
-
-
-class _Call(torch.nn.Module):
-    """model + a function of it, as one module: DDP(_Call(model))(fn, *args) = fn(model, *args)
-    with DDP's gradient hooks armed."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, fn: Callable, *args, **kwargs):
-        return fn(self.model, *args, **kwargs)
 
 
 @dataclass
@@ -84,7 +68,8 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     sampling_rng: str = "global"  # resolved: global | group | engine (vLLM's own, per rank)
-    _ddp: Optional[torch.nn.Module] = None
+    strategy: str = "ddp"  # a key of STRATEGIES (lmmixup/dist/strategy.py)
+    _wrapped: Optional[Any] = None  # the strategy's wrapper once `wrap` ran (several ranks only)
 
     @property
     def is_main(self) -> bool:
@@ -160,49 +145,81 @@ class DistContext:
 
     # ------------------------------------------------------------------ gradients
     def wrap(self, model: torch.nn.Module) -> None:
-        """Arm DDP's gradient all-reduce on model's trainable parameters (also broadcasts rank
-        0's weights, so every replica starts equal)."""
-        if not self.distributed:
-            return
-        from torch.nn.parallel import DistributedDataParallel
-
-        device_ids = [self.local_rank] if next(model.parameters()).device.type == "cuda" else None
-        self._ddp = DistributedDataParallel(_Call(model), device_ids=device_ids,
-                                            forward_sync_buffers=False)
+        """Arm the strategy's gradient reduction on model's trainable parameters (DDP: all-reduce;
+        FSDP2: shard them, reduce-scatter). Both start every rank from rank 0's weights."""
+        if self.distributed:
+            self._wrapped = STRATEGIES[self.strategy](model, self.local_rank)
 
     def forward(self, fn: Callable, model: torch.nn.Module, *args, **kwargs):
-        """fn(model, *args): through DDP under torchrun (its backward then syncs when allowed)."""
-        if self._ddp is None:
+        """fn(model, *args): through the wrapper under torchrun (its backward then syncs when allowed)."""
+        if self._wrapped is None:
             return fn(model, *args, **kwargs)
-        return self._ddp(fn, *args, **kwargs)
+        return self._wrapped.forward(fn, *args, **kwargs)
 
     @contextlib.contextmanager
     def grad_sync(self, last: bool) -> Iterator[None]:
-        """Forward+backward inside this block all-reduce gradients only when `last` (no_sync)."""
-        if self._ddp is None or last:
+        """Forward+backward inside this block reduce gradients over ranks only when `last`."""
+        if self._wrapped is None:
             yield
         else:
-            with self._ddp.no_sync():
+            with self._wrapped.grad_sync(last):
                 yield
 
     @property
     def grad_scale(self) -> float:
-        """Loss multiplier that cancels DDP's division of the summed gradient by world_size."""
+        """Loss multiplier that cancels the wrapper's division of the summed gradient by
+        world_size (DDP's mean; FSDP2's default mean too, see strategy.py)."""
         return float(self.world_size)
 
+    def micro_slots(self, local: int) -> int:
+        """How many forward+backward passes this rank runs for `local` micro-batches: its own
+        count under DDP (forwards are local), the maximum over ranks under FSDP2 (every forward
+        all-gathers, so the ranks must run equally many)."""
+        if self._wrapped is None or not self._wrapped.lockstep:
+            return local
+        return self.max_int(local)
+
+    def needs_filler(self, last: bool) -> bool:
+        """Whether a micro-batch slot with nothing to back-propagate (no rows left, or a skipped
+        non-finite loss) still needs `zero_backward`: on the last slot for DDP (its one
+        all-reduce), on every slot for FSDP2 (its all-gathers)."""
+        return self._wrapped is not None and (last or self._wrapped.lockstep)
+
+    def discard_backward(self, loss: torch.Tensor, model: torch.nn.Module, last: bool) -> None:
+        """The backward of a micro-batch whose loss is not finite (its mini-batch is skipped on
+        every rank, gradients dropped). DDP: a zero-loss pass on the last slot only (its one
+        all-reduce). FSDP2: back-propagate the loss itself, since this forward's all-gathers must
+        be followed by its own backward on every rank."""
+        if self._wrapped is not None and self._wrapped.lockstep:
+            loss.backward()
+        elif last:
+            self.zero_backward(model)
+
     def zero_backward(self, model: torch.nn.Module) -> None:
-        """A zero-loss forward+backward through DDP, for a rank with nothing to train on in a
-        mini-batch: every trainable parameter gets a zero gradient contribution and the DDP
-        all-reduce runs, so the other ranks' collectives are matched."""
-        if self._ddp is None:
-            return
-        out = self._ddp(_zero_loss)
-        out.backward()
+        """A zero-loss forward+backward through the wrapper, for a rank with nothing to train on
+        in a micro-batch slot: every trainable parameter gets a zero gradient contribution and
+        the collectives run, so the other ranks' are matched. Call it inside grad_sync."""
+        if self._wrapped is not None:
+            self._wrapped.zero_backward()
 
+    def full_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The policy with full, current weights, for sampling, frozen log-probs, evaluation and
+        saving: the model itself, except under FSDP2 (an all-gathered replica; strategy.py)."""
+        return model if self._wrapped is None else self._wrapped.full_model()
 
-def _zero_loss(model: torch.nn.Module) -> torch.Tensor:
-    """0 * (sum of every trainable parameter): touches each one, so DDP sees them all ready."""
-    return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+    def clip_grad_norm(self, params: List[torch.nn.Parameter], max_norm: float) -> float:
+        """torch's clip_grad_norm_; with sharded (DTensor) gradients the norm is a DTensor
+        that is reduced over ranks before it is read."""
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        return float(norm)
+
+    @property
+    def sharded(self):
+        """The FSDP2 wrapper when checkpoints are sharded (every rank writes), else None."""
+        w = self._wrapped
+        return w if w is not None and w.sharded_checkpoint else None
 
 
 LOCAL = DistContext()
@@ -231,6 +248,7 @@ def init_distributed(cfg: DistConfig, device: torch.device, engine: str) -> Dist
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
     ctx = join_torchrun(backend, cuda=device.type == "cuda")
     ctx.sampling_rng = sampling
+    ctx.strategy = cfg.strategy
     return ctx
 
 
