@@ -39,8 +39,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lmmixup.cli import precheck_overrides, report_errors
-from lmmixup.checkpoint import (find_resume_checkpoint, load_checkpoint, rank_rng_state,
-                                save_checkpoint)
+from lmmixup.checkpoint import (find_resume_checkpoint, load_checkpoint, new_checkpoint_folder,
+                                rank_rng_state, save_checkpoint)
 from lmmixup.config import TrainConfig, register_configs, to_train_config
 from lmmixup.data.jsonl import atomic_write_text
 from lmmixup.data.prompts import PromptSampler, check_prompt_lengths, load_rows
@@ -129,7 +129,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     ref_model = frozen_copy(model) if cfg.algo.beta > 0 else None
     G, B = cfg.algo.group_size, cfg.prompts_per_step
     upd = update_config(cfg, dist.world_size)
-    dist.wrap(model)  # DDP's gradient all-reduce (one process: nothing)
+    dist.wrap(model)  # DDP or FSDP2 (dist.strategy; one process: nothing)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * upd.update_slots)
 
@@ -137,7 +137,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     checkpoint = find_resume_checkpoint(cfg.resume, run_dir)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler, resume_config,
-                                rank=dist.rank)
+                                rank=dist.rank, load_sharded=sharded_loader(dist, optimizer))
         start_step = state.step
         sampler.load_state_dict(state.sampler)
         print(f"resumed from {checkpoint} at step {start_step}", file=sys.stderr)
@@ -155,7 +155,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         uniforms = None  # sampling_rng=global: the global torch RNG, seeded by (seed, step)
         if dist.sampling_rng == "group":
             uniforms = group_uniforms(prompts.seeds, G, cfg.rollout.max_new_tokens)  # (n, T)
-        return sample(model, tokenizer, batch_rows, cfg.rollout, G, stop_ids,
+        return sample(policy, tokenizer, batch_rows, cfg.rollout, G, stop_ids,
                       cfg.data.max_prompt_tokens, cfg.data.train_file, device, uniforms=uniforms)
 
     def score_fn(rollout, batch_rows):
@@ -176,6 +176,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
 
         # 1-2. Rollout and rewards (DAPO's dynamic sampling may take extra rounds).
         t_rollout = time.perf_counter()
+        policy = dist.full_model(model)  # FSDP2: the weights all-gathered once; else the model
         prompts = StepPrompts(sampler.next_batch, cfg.seed, step, block=cfg.mini_batch_prompts or B,
                               world_size=dist.world_size, rank=dist.rank)
         batch = collect(prompts.next_rows, sample_fn, score_fn, B, cfg.algo,
@@ -205,7 +206,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
                               and ROLLOUT_DTYPES[cfg.rollout.dtype] == next(model.parameters()).dtype)
         if not single_update:
             old_logp = rollout.rollout_logp if sampler_is_trainer else frozen_logprobs(
-                model, rollout, cfg.rollout.temperature, cfg.micro_batch_size, cfg.logprob_chunk_size)
+                policy, rollout, cfg.rollout.temperature, cfg.micro_batch_size, cfg.logprob_chunk_size)
         ref_logp = None
         if ref_model is not None:
             ref_logp = frozen_logprobs(ref_model, rollout, cfg.rollout.temperature,
@@ -225,7 +226,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         all_old, all_ref = gather_optional_rows(old_logp, dist), gather_optional_rows(ref_logp, dist)
         stop_now = dist.any_true(bool(stop.signal_name))
         if not dist.is_main:
-            if evaluate_and_checkpoint(cfg, step, stop_now, save, dist, run_eval=None):
+            if evaluate_and_checkpoint(cfg, step, stop_now, save, dist, model, run_eval=None):
                 return
             continue
         batch, rollout, advantages = everyone, everyone.rollout, all_advantages
@@ -264,31 +265,33 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         log.log(step, metrics)
         bar.set_postfix(reward=f"{metrics['reward/total_mean']:.3f}", kl=f"{stats.kl:.4f}")
 
-        def run_eval() -> None:
-            evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step, log=log)
+        def run_eval(policy) -> None:
+            evaluate(policy, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step, log=log)
 
-        if evaluate_and_checkpoint(cfg, step, stop_now, save, dist, run_eval):
+        if evaluate_and_checkpoint(cfg, step, stop_now, save, dist, model, run_eval):
             print(f"stopped by {stop.signal_name or 'a signal to another rank'} after step {step}; "
                   f"checkpoint saved, continue with resume=auto hydra.run.dir={run_dir}",
                   file=sys.stderr)
             log.finish()
             return
     save(cfg.steps)
+    policy = dist.full_model(model)  # every rank takes part in FSDP2's all-gather
     if dist.is_main:
-        save_final_model(model, tokenizer, run_dir)
+        save_final_model(policy, tokenizer, run_dir)
         if cfg.data.eval_file and not (cfg.eval_every and cfg.steps % cfg.eval_every == 0):
-            evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log)
+            evaluate(policy, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log)
     dist.barrier()
     log.finish()
 
 
 def evaluate_and_checkpoint(cfg: TrainConfig, step: int, stop_now: bool, save, dist: DistContext,
-                            run_eval) -> bool:
+                            model, run_eval) -> bool:
     """The end of a step on every rank: rank 0 evaluates (the others wait), every rank takes
     part in a checkpoint. Returns True when the run stops here (a signal reached some rank)."""
     if cfg.eval_every and step % cfg.eval_every == 0 and cfg.data.eval_file:
+        policy = dist.full_model(model)  # every rank takes part in FSDP2's all-gather
         if dist.is_main:
-            run_eval()
+            run_eval(policy)
         dist.barrier()
     if stop_now:
         save(step)
@@ -324,7 +327,7 @@ def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, devi
     checkpoint = find_resume_checkpoint(cfg.resume, run_dir)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler, resume_config,
-                                rank=dist.rank)
+                                rank=dist.rank, load_sharded=sharded_loader(dist, optimizer))
         start_step = state.step
         sampler.load_state_dict(state.sampler)
     log = open_log(cfg, run_dir, config_dict, config_yaml, start_step, dist)
@@ -343,7 +346,7 @@ def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, devi
         loss, tokens = sft_backward(model, [batch[i] for i in mine], cfg.micro_batch_size,
                                     tokenizer.pad_token_id, device, cfg.logprob_chunk_size, dist)
         clip_to = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_to))
+        grad_norm = dist.clip_grad_norm(params, clip_to)
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
             optimizer.zero_grad(set_to_none=True)
             raise LmmixupError(f"step {step}: non-finite SFT {'loss' if not np.isfinite(loss) else 'gradient'}; "
@@ -367,10 +370,11 @@ def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, devi
             return
     save_everywhere(dist, run_dir, cfg.steps, model, optimizer, scheduler, sampler.state_dict(),
                     resume_config, config_yaml, cfg)
+    policy = dist.full_model(model)  # every rank takes part in FSDP2's all-gather
     if dist.is_main:
-        save_final_model(model, tokenizer, run_dir)
+        save_final_model(policy, tokenizer, run_dir)
         if cfg.data.eval_file:
-            evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log)
+            evaluate(policy, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log)
     dist.barrier()
     log.finish()
 
@@ -389,12 +393,28 @@ def open_log(cfg: TrainConfig, run_dir: Path, config_dict, config_yaml: str, sta
 def save_everywhere(dist: DistContext, run_dir: Path, step: int, model, optimizer, scheduler,
                     sampler_state, resume_config, config_yaml: str, cfg: TrainConfig) -> None:
     """A checkpoint: rank 0 writes it, with every rank's RNG state (one gather); the others
-    wait until it is on disk (replicated weights and optimizer: rank 0's are everyone's)."""
+    wait until it is on disk (DDP: replicated weights and optimizer, rank 0's are everyone's).
+    FSDP2: every rank first writes its shards of the model and optimizer into the checkpoint's
+    temporary folder (torch.distributed.checkpoint), which rank 0 completes and renames."""
     rank_rng = dist.gather_objects(rank_rng_state()) if dist.distributed else None
+    prepared = None
+    if dist.sharded is not None:
+        prepared = Path(dist.gather_objects(str(new_checkpoint_folder(run_dir, step))
+                                            if dist.is_main else None)[0])
+        dist.sharded.save_sharded(prepared / "dcp", optimizer)
+        if cfg.checkpoint.save_hf:  # hf/ is a save_pretrained folder: full weights
+            model = dist.full_model(model)
     if dist.is_main:
         save_checkpoint(run_dir, step, model, optimizer, scheduler, sampler_state, resume_config,
-                        config_yaml, cfg.checkpoint, rank_rng=rank_rng)
+                        config_yaml, cfg.checkpoint, rank_rng=rank_rng, prepared=prepared)
     dist.barrier()
+
+
+def sharded_loader(dist: DistContext, optimizer):
+    """For load_checkpoint: FSDP2's DCP loader of model + optimizer shards, else None."""
+    if dist.sharded is None:
+        return None
+    return lambda folder: dist.sharded.load_sharded(folder, optimizer)
 
 
 def save_final_model(model, tokenizer, run_dir: Path) -> None:

@@ -7,6 +7,9 @@ Layout of one checkpoint, <run_dir>/checkpoints/step_000012/:
                         the config fingerprint; written last
     config.yaml         the resolved config of the run
     hf/                 (checkpoint.save_hf=true) a save_pretrained folder usable as model.name_or_path
+    rng_ranks.pt        (torchrun) every rank's RNG states
+    dcp/                (dist.strategy=fsdp2) model + optimizer shards, torch.distributed.checkpoint,
+                        instead of model.safetensors and the optimizer part of trainer.pt
 A checkpoint is built in a hidden temporary folder and renamed into place, so a folder named
 step_* is always complete; half-written ones (".tmp-*") are never picked and are cleaned up.
 """
@@ -22,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -112,23 +115,33 @@ def rank_rng_state() -> Dict[str, Any]:
     return state
 
 
+def new_checkpoint_folder(run_dir: Path, step: int) -> Path:
+    """The hidden temporary folder a checkpoint of `step` is built in (renamed when complete)."""
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".tmp-step_{step:06d}-", dir=root))
+
+
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, sampler_state: Dict,
                     config: Dict[str, Any], config_yaml: str, cfg: CheckpointConfig,
-                    rank_rng: Optional[List[Dict[str, Any]]] = None) -> Path:
+                    rank_rng: Optional[List[Dict[str, Any]]] = None,
+                    prepared: Optional[Path] = None) -> Path:
     """rank_rng: under torchrun, every rank's `rank_rng_state()` (rank 0 writes them all to
-    rng_ranks.pt; resume gives each rank its own back)."""
+    rng_ranks.pt; resume gives each rank its own back). prepared: a `new_checkpoint_folder`
+    that already holds the model and optimizer shards in dcp/ (FSDP2; every rank wrote its own)."""
     from safetensors.torch import save_model
 
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    tmp = prepared if prepared is not None else new_checkpoint_folder(run_dir, step)
     try:
-        save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
+        if prepared is None:
+            save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
         torch_states = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             torch_states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        optimizer_state = {} if prepared is not None else {"optimizer": optimizer.state_dict()}
+        torch.save({**optimizer_state, "scheduler": scheduler.state_dict(),
                     "torch_rng": torch_states}, tmp / "trainer.pt")
         if rank_rng is not None:
             torch.save(rank_rng, tmp / "rng_ranks.pt")
@@ -194,9 +207,11 @@ class ResumeState:
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, config: Dict[str, Any],
-                    rank: int = 0) -> ResumeState:
+                    rank: int = 0, load_sharded: Optional[Callable[[Path], None]] = None
+                    ) -> ResumeState:
     """Restore everything a checkpoint holds, after checking it fits this run. rank > 0 (under
-    torchrun) restores that rank's own RNG states from rng_ranks.pt."""
+    torchrun) restores that rank's own RNG states from rng_ranks.pt. load_sharded (FSDP2, on
+    every rank): loads the model and optimizer shards from <path>/dcp instead."""
     from safetensors.torch import load_model
 
     try:
@@ -221,6 +236,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, config: Dict[str, A
                            "same settings or start a new run")
     # Both files are read before any state is restored: a bad file leaves nothing half-loaded.
     weights_file, trainer_file = path / "model.safetensors", path / "trainer.pt"
+    if load_sharded is not None:
+        weights_file = path / "dcp" / ".metadata"  # torch.distributed.checkpoint's index
     for file in (weights_file, trainer_file):
         if not file.is_file():
             raise LmmixupError(f"{file}: missing; the checkpoint is incomplete")
@@ -230,12 +247,16 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, config: Dict[str, A
         raise LmmixupError(f"{trainer_file}: cannot load trainer state, the file is truncated "
                            f"or corrupt ({brief(e)})") from None
     try:
-        load_model(model, str(weights_file))
+        if load_sharded is not None:
+            load_sharded(weights_file.parent)  # model and optimizer
+        else:
+            load_model(model, str(weights_file))
     except Exception as e:
         raise LmmixupError(f"{weights_file}: cannot load weights, the file is truncated or "
                            f"corrupt ({brief(e)})") from None
     try:
-        optimizer.load_state_dict(trainer["optimizer"])
+        if load_sharded is None:
+            optimizer.load_state_dict(trainer["optimizer"])
         scheduler.load_state_dict(trainer["scheduler"])
     except (KeyError, TypeError, ValueError) as e:
         raise LmmixupError(f"{trainer_file}: optimizer state does not fit this run "
