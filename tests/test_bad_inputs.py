@@ -163,8 +163,8 @@ ROWS = [
       "rollout.dtype: only rollout.engine=static samples in another precision"),
     R("config-rollout-is-without-sampler-logprobs", "rollout.engine=hf algo.rollout_is=token_tis",
       "algo.rollout_is: needs an engine that records sampling log-probs (rollout.engine=static)"),
-    R("config-dist-fsdp2", "dist.strategy=fsdp2",
-      "dist.strategy: fsdp2 (fully_shard) is not implemented yet; use dist.strategy=ddp"),
+    R("config-dist-unknown-strategy", "dist.strategy=zero3",
+      "dist.strategy: unknown 'zero3'; known: ddp, fsdp2"),
     R("config-group-sampling-on-hf-engine", "rollout.engine=hf dist.sampling_rng=group",
       "dist.sampling_rng: group needs rollout.engine=static (the hf engine draws from one "
       "global stream)"),
