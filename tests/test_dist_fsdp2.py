@@ -80,6 +80,7 @@ def test_fsdp2_two_ranks_give_one_process_weights_and_metrics(fsdp2_results, nam
     moved = max(float((one[k] - start[k]).abs().max()) for k in one)
     assert moved > 1e-4  # the step did something
     worst = max(float((one[k] - two[k]).abs().max()) for k in one)
+    print(f"fsdp2 {name}: max |w_1 - w_2| = {worst:.3g}, the step moved {moved:.3g}")
     assert worst <= TOL, f"{name}: max |w_1 - w_2| = {worst:.3g} (the step moved {moved:.3g})"
     m1 = json.loads((out / f"{name}-1.json").read_text())
     m2 = json.loads((out / f"{name}-2.json").read_text())
