@@ -180,7 +180,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         prompts = StepPrompts(sampler.next_batch, cfg.seed, step, block=cfg.mini_batch_prompts or B,
                               world_size=dist.world_size, rank=dist.rank)
         batch = collect(prompts.next_rows, sample_fn, score_fn, B, cfg.algo,
-                        tokenizer.pad_token_id, dist)  # this rank's share
+                        tokenizer.pad_token_id, dist,
+                        row_indices=lambda: prompts.indices)  # this rank's share
         rollout_s = time.perf_counter() - t_rollout
         rollout = batch.rollout
         everyone = gather_batch(batch, dist, tokenizer.pad_token_id)  # every rank's rows
@@ -214,7 +215,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
 
         # 5. Policy updates.
         stats = grpo_update(model, optimizer, scheduler, rollout, advantages, old_logp=old_logp,
-                            ref_logp=ref_logp, cfg=upd, dist=dist)
+                            ref_logp=ref_logp, cfg=upd, dist=dist,
+                            group_positions=batch.positions)
         if stats.skipped_nonfinite:
             nonfinite_skips = handle_nonfinite(cfg, stats.skipped_nonfinite[0], step, nonfinite_skips)
             if stats.updates == 0:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -156,7 +156,8 @@ class _Sums:
 
 def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch.Tensor,
                 old_logp: Optional[torch.Tensor], ref_logp: Optional[torch.Tensor],
-                cfg: UpdateConfig, dist: DistContext = LOCAL) -> UpdateStats:
+                cfg: UpdateConfig, dist: DistContext = LOCAL,
+                group_positions: Optional[Sequence[int]] = None) -> UpdateStats:
     """mu passes of optimizer updates over one rollout batch.
 
     advantages (N,); old_logp, ref_logp (N, T) or None. old_logp None means "the policy that
@@ -171,7 +172,10 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
     Under torchrun (`dist`), the rollout is this rank's share and cfg.mini_batch_size its share
     of a mini-batch: the normalisers, the mini-batch count, the finiteness verdict and the
     statistics are reduced over ranks, so the update equals one process's on the global batch
-    (lmmixup/dist/context.py explains each step).
+    (lmmixup/dist/context.py explains each step). group_positions (b,): each local group's
+    place in the global batch order (ScoredBatch.positions); group p then trains in global
+    mini-batch p // (prompts per mini-batch), as in one process, so DAPO's refilled batches
+    split into the same mini-batches for any number of ranks. None: consecutive chunks.
     """
     algo = cfg.algo
     n = rollout.num_sequences
@@ -186,13 +190,24 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
     slots = 0
     seen_old = torch.zeros_like(mask) if old_logp is None else old_logp  # (N, T), trainer's
     # As many updates as one process would make on the global batch. DAPO's filtering can leave
-    # ranks uneven: a rank then packs its rows into that many mini-batches (`chunk`), and runs a
-    # zero-loss backward for any left empty. One process: chunk = mini_batch_size, as always.
-    num_mini = math.ceil(dist.sum_counts([n])[0] / (cfg.mini_batch_size * dist.world_size))
-    chunk = max(cfg.mini_batch_size, math.ceil(n / num_mini))
+    # ranks uneven: with group_positions (train.py) each group goes to the global mini-batch one
+    # process would put it in; without, a rank packs its rows into that many mini-batches
+    # (`chunk`). Either way a rank runs a zero-loss backward for a mini-batch it has no rows in.
+    if group_positions is None:
+        num_mini = math.ceil(dist.sum_counts([n])[0] / (cfg.mini_batch_size * dist.world_size))
+        chunk = max(cfg.mini_batch_size, math.ceil(n / num_mini))
+        bounds = [(min(n, k * chunk), min(n, (k + 1) * chunk)) for k in range(num_mini)]
+    else:
+        per_mini = cfg.mini_batch_size * dist.world_size // algo.group_size  # global prompts
+        which = [p // per_mini for p in group_positions]  # (b,) global mini-batch of each group
+        require(which == sorted(which) and len(which) * algo.group_size == n, "group_positions",
+                "must list this rank's groups in global order")
+        num_mini = dist.max_int(which[-1] + 1 if which else 0)
+        bounds = [(algo.group_size * sum(w < k for w in which),
+                   algo.group_size * sum(w <= k for w in which)) for k in range(num_mini)]
     for iteration in range(algo.num_iterations):
         for k in range(num_mini):
-            mb = range(min(n, k * chunk), min(n, (k + 1) * chunk))
+            mb = range(*bounds[k])
             micro = [slice(s, min(mb.stop, s + cfg.micro_batch_size))
                      for s in range(mb.start, mb.stop, cfg.micro_batch_size)]
             # one int64 all-reduce: the global normalisers, before the first backward
@@ -374,10 +389,12 @@ class ScoredBatch:
     sampled_components: Dict[str, torch.Tensor]  # name -> (M,)
     rounds: int  # rollout rounds used (> 1 only with DAPO-style resampling)
     dropped_groups: int  # zero-std groups filtered out
+    positions: List[int]  # (b,) each group's place in the global kept order (see collect)
 
 
 def collect(next_rows, sample_fn, score_fn, batch_prompts: int, algo: AlgoConfig,
-            pad_id: int, dist: DistContext = LOCAL) -> ScoredBatch:
+            pad_id: int, dist: DistContext = LOCAL,
+            row_indices: Optional[Callable[[], List[int]]] = None) -> ScoredBatch:
     """Sample and score B prompts. With algo.filter_zero_std_groups, groups whose rewards are
     all equal are dropped and fresh prompts are sampled, up to algo.max_resample_rounds extra
     rounds (DAPO's dynamic sampling); the batch may end up smaller than B, never larger.
@@ -386,37 +403,57 @@ def collect(next_rows, sample_fn, score_fn, batch_prompts: int, algo: AlgoConfig
     (RewardBatch, total (n,), components).
 
     Under torchrun, next_rows(k) returns this rank's share of the next k global prompts (possibly
-    none) and B counts the groups of every rank: the kept-group count is summed over ranks after
-    each round (the small all-reduce DAPO's refill needs), so every rank runs the same rounds. A
+    none) and B counts the groups of every rank: the kept groups' indices are gathered after
+    each round (the small all-gather DAPO's refill needs), so every rank runs the same rounds. A
     rank whose groups were all filtered away gets an empty batch; its training share is then a
-    zero-loss backward (grpo_update)."""
+    zero-loss backward (grpo_update).
+
+    `positions` numbers the kept groups of every rank in the order one process keeps them
+    (round by round, each round in global prompt order): row_indices() gives the global stream
+    position of the rows next_rows last returned (None: one process, the rows themselves).
+    grpo_update puts group p in global mini-batch p // mini_batch_prompts, so the mini-batches,
+    and with them the updates, are the same for any number of ranks, also after DAPO's refill.
+    Each round gathers the kept groups' indices (a few ints per rank) to number them."""
     g = algo.group_size
     sampled: List[_Round] = []
     kept: List[_Round] = []
     kept_groups, dropped, rounds = 0, 0, 0  # kept_groups: over all ranks
+    positions: List[int] = []
+    first_indices: List[int] = []
+    drawn = 0  # prompts drawn so far (one process's stream positions)
     max_rounds = 1 + (algo.max_resample_rounds if algo.filter_zero_std_groups else 0)
     while rounds < max_rounds and kept_groups < batch_prompts:
         rows = next_rows(batch_prompts - kept_groups)
+        indices = (row_indices() if row_indices is not None
+                   else list(range(drawn, drawn + len(rows))))  # (b,) stream positions
+        drawn += len(rows)
+        if rounds == 0:
+            first_indices = indices
         rounds += 1
-        local_kept = 0
+        kept_here: List[int] = []  # global stream indices of this rank's kept groups
         if rows:
             rollout = sample_fn(rows)
             round_ = _Round(rows, rollout, *score_fn(rollout, rows))
             sampled.append(round_)
             if not algo.filter_zero_std_groups:
                 kept.append(round_)
+                positions = indices  # one round, nothing dropped: the global batch order
                 break
             keep = ~zero_std_groups(round_.total, g)  # (b,)
             dropped += int((~keep).sum())
             if keep.any():
                 kept.append(round_.select_groups(keep, g))  # n' = b' * G rows
-                local_kept = int(keep.sum())
-        kept_groups += dist.sum_counts([local_kept])[0]
+                kept_here = [indices[j] for j in keep.nonzero().flatten().tolist()]
+        everyone = sorted(i for part in dist.gather_objects(kept_here) for i in part)  # this round
+        place = {index: kept_groups + k for k, index in enumerate(everyone)}
+        positions += [place[i] for i in kept_here]
+        kept_groups += len(everyone)
     if not kept:
         # every group of every rank was flat: train on the first round (all advantages are 0);
         # only this rank's were: it trains on nothing
         none = torch.zeros(len(sampled[0].rows), dtype=torch.bool)  # (b,)
         kept = [sampled[0] if kept_groups == 0 else sampled[0].select_groups(none, g)]
+        positions = first_indices if kept_groups == 0 else []
     names = list(sampled[0].components)
     return ScoredBatch(
         rollout=concat_rollouts([k.rollout for k in kept], pad_id) if len(kept) > 1 else kept[0].rollout,
@@ -428,4 +465,5 @@ def collect(next_rows, sample_fn, score_fn, batch_prompts: int, algo: AlgoConfig
         sampled_components={name: torch.cat([r.components[name] for r in sampled]) for name in names},
         rounds=rounds,
         dropped_groups=dropped,
+        positions=positions,
     )

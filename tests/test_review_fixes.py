@@ -177,6 +177,7 @@ def test_collect_refills_dropped_groups_with_resample_rounds():
     algo = AlgoConfig(group_size=2, filter_zero_std_groups=True, max_resample_rounds=2)
     out = collect(next_rows, sample_fn, score_fn, 3, algo, pad_id=0)
     assert asked == [3, 2, 1] and out.rounds == 3 and out.dropped_groups == 3
+    assert out.positions == [0, 1, 2]  # kept groups numbered in the order kept (mini-batches)
     assert out.total.tolist() == [0, 1, 3, 4, 6, 7]  # kept groups, in the order sampled
     assert out.components["r"].tolist() == [0, 2, 6, 8, 12, 14]
     assert out.texts.completions == ["0.0", "1.0", "3.0", "4.0", "6.0", "7.0"]

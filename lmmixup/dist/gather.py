@@ -49,4 +49,5 @@ def gather_batch(batch, dist: DistContext, pad_id: int):
         sampled_components={k: torch.cat([p.sampled_components[k] for p in parts]) for k in names},
         rounds=parts[0].rounds,  # every rank runs the same rounds
         dropped_groups=sum(p.dropped_groups for p in parts),
+        positions=[x for p in parts for x in p.positions],
     )

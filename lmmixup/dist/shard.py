@@ -55,7 +55,8 @@ class StepPrompts:
 
     `next_rows(k)` draws the next k global prompts from the shared sampler and returns this
     rank's share (mini-batch blocks of `block` prompts for the first draw; DAPO's refill draws
-    are split contiguously). `seeds` holds the group seeds of the rows last returned."""
+    are split contiguously). `seeds` holds the group seeds of the rows last returned, `indices`
+    their positions in the step's global prompt stream."""
 
     def __init__(self, next_batch: Callable[[int], list], seed: int, step: int, block: int,
                  world_size: int, rank: int):
@@ -63,11 +64,13 @@ class StepPrompts:
         self.block, self.world_size, self.rank = block, world_size, rank
         self.drawn = 0  # global prompts drawn so far this step
         self.seeds: List[int] = []
+        self.indices: List[int] = []
 
     def next_rows(self, k: int) -> list:
         rows = self._next_batch(k)  # (k,) the same on every rank
         block = self.block if self.drawn == 0 else k
         mine = shard_positions(k, block, self.world_size, self.rank)
-        self.seeds = [group_seed(self.seed, self.step, self.drawn + i) for i in mine]
+        self.indices = [self.drawn + i for i in mine]
+        self.seeds = [group_seed(self.seed, self.step, i) for i in self.indices]
         self.drawn += k
         return [rows[i] for i in mine]
