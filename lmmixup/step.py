@@ -154,6 +154,20 @@ class _Sums:
         self.ratio_max = max(self.ratio_max, other.ratio_max)
 
 
+def mini_batch_bounds(group_positions: Sequence[int], group_size: int,
+                      prompts_per_mini: int) -> List[tuple]:
+    """This rank's row range of each global mini-batch up to its last non-empty one.
+
+    group_positions (b,): each local group's place in the global batch order (non-decreasing);
+    group p belongs to global mini-batch p // prompts_per_mini, as in one process. Rows are
+    group-major, G per group."""
+    which = [p // prompts_per_mini for p in group_positions]  # (b,)
+    require(which == sorted(which), "group_positions", "must be in global order")
+    count = which[-1] + 1 if which else 0
+    return [(group_size * sum(w < k for w in which), group_size * sum(w <= k for w in which))
+            for k in range(count)]
+
+
 def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch.Tensor,
                 old_logp: Optional[torch.Tensor], ref_logp: Optional[torch.Tensor],
                 cfg: UpdateConfig, dist: DistContext = LOCAL,
@@ -198,13 +212,12 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
         chunk = max(cfg.mini_batch_size, math.ceil(n / num_mini))
         bounds = [(min(n, k * chunk), min(n, (k + 1) * chunk)) for k in range(num_mini)]
     else:
+        require(len(group_positions) * algo.group_size == n, "group_positions",
+                "must hold one position per group of the rollout")
         per_mini = cfg.mini_batch_size * dist.world_size // algo.group_size  # global prompts
-        which = [p // per_mini for p in group_positions]  # (b,) global mini-batch of each group
-        require(which == sorted(which) and len(which) * algo.group_size == n, "group_positions",
-                "must list this rank's groups in global order")
-        num_mini = dist.max_int(which[-1] + 1 if which else 0)
-        bounds = [(algo.group_size * sum(w < k for w in which),
-                   algo.group_size * sum(w <= k for w in which)) for k in range(num_mini)]
+        local = mini_batch_bounds(group_positions, algo.group_size, per_mini)
+        num_mini = dist.max_int(len(local))
+        bounds = local + [(n, n)] * (num_mini - len(local))  # empty here: a zero-loss backward
     for iteration in range(algo.num_iterations):
         for k in range(num_mini):
             mb = range(*bounds[k])

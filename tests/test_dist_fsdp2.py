@@ -38,8 +38,52 @@ def _worker(rank, world_size, init_file, model, model_state, out_dir):
                                           strategy="fsdp2"))
         harness._run_sft(world_size, rank, model_state, out_dir,
                          DistContext(rank=rank, world_size=world_size, strategy="fsdp2"))
+        _dapo_membership(world_size, rank, out_dir, DistContext(rank=rank, world_size=world_size))
     finally:
         tdist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- DAPO refill
+
+DAPO_B, DAPO_M, DAPO_G = 8, 4, 2  # prompts per step, prompts per mini-batch, group size
+
+
+def _dapo_membership(world_size, rank, out_dir, dist_ctx):
+    """collect with DAPO's refill on a fake sampler: prompt p's group is flat when p % 3 == 0.
+    Writes {prompt: global mini-batch} for this rank's kept groups (rank 0 gathers)."""
+    from lmmixup.dist.shard import StepPrompts
+    from lmmixup.grpo import AlgoConfig
+    from lmmixup.rewards.registry import RewardBatch
+    from lmmixup.rollout import Rollout
+    from lmmixup.step import collect
+
+    stream = iter(range(100))
+    prompts = StepPrompts(lambda k: [next(stream) for _ in range(k)], 0, 1, block=DAPO_M,
+                          world_size=world_size, rank=rank)
+
+    def sample_fn(rows):
+        n = len(rows) * DAPO_G
+        ids = torch.tensor([[p] for p in rows for _ in range(DAPO_G)])  # (n, 1)
+        return Rollout(torch.ones(n, 1, dtype=torch.long), torch.ones(n, 1, dtype=torch.long), ids,
+                       torch.ones(n, 1), torch.zeros(n, dtype=torch.bool))
+
+    def score_fn(rollout, rows):
+        total = torch.tensor([float(j * (p % 3 != 0)) for p in rows for j in range(DAPO_G)])
+        n = len(total)
+        texts = RewardBatch([str(p) for p in rows for _ in range(DAPO_G)], ["x"] * n, [None] * n,
+                            [None] * n, [1] * n)
+        return texts, total, {"r": total}
+
+    algo = AlgoConfig(group_size=DAPO_G, filter_zero_std_groups=True, max_resample_rounds=2)
+    batch = collect(prompts.next_rows, sample_fn, score_fn, DAPO_B, algo, 0, dist_ctx,
+                    row_indices=lambda: prompts.indices)
+    mine = {p: pos // DAPO_M for p, pos in zip(batch.rows, batch.positions)}
+    parts = dist_ctx.gather_objects(mine)
+    if rank == 0:
+        merged = {p: k for part in parts for p, k in part.items()}
+        (out_dir / f"refill-{world_size}.json").write_text(json.dumps(merged))
+        (out_dir / f"refill-rows-{world_size}.json").write_text(json.dumps([p for part in parts
+                                                                          for p in part]))
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +104,7 @@ def fsdp2_results(tmp_path_factory):
     for name in harness.CASES:
         harness._run_case(name, 1, 0, state, out, LOCAL)
     harness._run_sft(1, 0, state, out, LOCAL)
+    _dapo_membership(1, 0, out, LOCAL)
     mp.spawn(_worker, args=(2, str(out / "pg_init"), harness._CACHE["model"], state, out),
              nprocs=2, join=True)
     return out, state
@@ -97,6 +142,34 @@ def test_fsdp2_sft_two_ranks_give_one_process_weights(fsdp2_results):
     m1, m2 = (json.loads((out / f"sft-{w}.json").read_text()) for w in (1, 2))
     assert m1["tokens"] == m2["tokens"] == 24  # 6+1+2+5+3+1+2+4 global target tokens
     assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-6)
+
+
+def test_dapo_refill_gives_one_process_mini_batches_for_two_ranks(fsdp2_results):
+    # Flat groups: p % 3 == 0. Round 1 draws 0..7 and keeps 1 2 4 5 7; round 2 draws 3 more
+    # (8 9 10) and keeps 8 10; round 3 draws 1 (11) and keeps it: 8 groups. One process numbers
+    # them in that order, so mini-batch 0 = {1, 2, 4, 5}, 1 = {7, 8, 10, 11}. Two ranks hold
+    # rank 0: 1 4 5 | 8 and rank 1: 2 7 | 10 11 (round 1 by mini-batch blocks, refills split
+    # contiguously); splitting each rank's rows in halves, as before, made mini-batch 0 =
+    # {1, 4} + {2, 7}.
+    out, _ = fsdp2_results
+    expected = {1: 0, 2: 0, 4: 0, 5: 0, 7: 1, 8: 1, 10: 1, 11: 1}
+    for world in (1, 2):
+        got = {int(p): k for p, k in json.loads((out / f"refill-{world}.json").read_text()).items()}
+        assert got == expected, world
+    assert json.loads((out / "refill-rows-2.json").read_text()) == [1, 4, 5, 8, 2, 7, 10, 11]
+
+
+def test_mini_batch_bounds_hand_computed():
+    from lmmixup.step import mini_batch_bounds
+
+    # rank 0 above: positions 0 2 3 5 (groups 1 4 5 8), 4 prompts a mini-batch, G = 2 ->
+    # mini-batches 0 0 0 1 -> rows [0, 6) and [6, 8)
+    assert mini_batch_bounds([0, 2, 3, 5], 2, 4) == [(0, 6), (6, 8)]
+    # rank 1: positions 1 4 6 7 -> 0 1 1 1 -> rows [0, 2) and [2, 8)
+    assert mini_batch_bounds([1, 4, 6, 7], 2, 4) == [(0, 2), (2, 8)]
+    # a rank whose groups all sit in mini-batch 1: an empty range for mini-batch 0
+    assert mini_batch_bounds([5, 6], 3, 4) == [(0, 0), (0, 6)]
+    assert mini_batch_bounds([], 2, 4) == []
 
 
 # ----------------------------------------------------------------------------- train.py
