@@ -131,10 +131,8 @@ class FSDP2Wrap:
         for layer in model.get_decoder().layers:
             fully_shard(layer)
         self.root = fully_shard(_Call(model))
-        self._full_is_current = False
 
     def forward(self, fn: Callable, *args, **kwargs):
-        self._full_is_current = False  # a forward is followed by a backward and an update
         return self.root(fn, *args, **kwargs)
 
     @contextlib.contextmanager
