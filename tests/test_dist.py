@@ -41,10 +41,16 @@ CASES = {
     # DAPO-style uneven ranks (3 groups / 1 group), and a rank left with nothing to train on
     "uneven": ("dapo", 4, 2, 2, 1, 0.04, ([0, 1, 2], [3])),
     "empty_rank": ("grpo", 4, 2, 2, 1, 0.0, ([0, 1, 2, 3], [])),
+    # after DAPO's refill: rank 0 holds kept groups 0 2 3, rank 1 group 1; two mini-batches of 2
+    # prompts. With the groups' global positions (collect's numbering) rank 0 trains group 0 in
+    # mini-batch 0 and 2 3 in mini-batch 1, as one process does; cutting rank 0's 6 rows in
+    # halves instead would put group 2's first row in mini-batch 0.
+    "refill_minibatches": ("dapo", 2, 2, 2, 1, 0.0, ([0, 2, 3], [1])),
     # a NaN advantage in rank 1's last micro-batch: every rank skips the update, none hangs
     "nonfinite_on_rank1": ("grpo", 4, 2, 2, 1, 0.0, ([0, 1], [2, 3])),
 }
 NONFINITE_ROW = 6  # prompt 3, completion 0: rank 1's last micro-batch
+POSITIONED = {"refill_minibatches"}  # cases run with grpo_update(group_positions=...)
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -129,8 +135,11 @@ def _run_case(name, world_size, rank, model_state, out_dir, dist_ctx):
     lr = LR if mu * (B // mini_prompts) == 1 else LR / 100  # 4 updates at lr 3 would diverge
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    positions = None  # consecutive chunks
+    if name in POSITIONED:  # the prompts' global batch positions, as collect numbers them
+        positions = owners[rank] if world_size > 1 else list(range(B))
     stats = grpo_update(model, opt, sched, rollout, advantages, old_logp=old, ref_logp=ref,
-                        cfg=cfg, dist=dist_ctx)
+                        cfg=cfg, dist=dist_ctx, group_positions=positions)
     weights = dist_ctx.full_model(model).state_dict()  # FSDP2: gathered (every rank takes part)
     if rank == 0:
         torch.save({k: v.detach().clone() for k, v in weights.items()},
