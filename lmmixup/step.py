@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -467,16 +467,26 @@ def collect(next_rows, sample_fn, score_fn, batch_prompts: int, algo: AlgoConfig
         none = torch.zeros(len(sampled[0].rows), dtype=torch.bool)  # (b,)
         kept = [sampled[0] if kept_groups == 0 else sampled[0].select_groups(none, g)]
         positions = first_indices if kept_groups == 0 else []
-    names = list(sampled[0].components)
+    return join_scored(kept, [(r.total, r.components) for r in sampled], pad_id, rounds=rounds,
+                       dropped_groups=dropped, positions=positions)
+
+
+def join_scored(kept: Sequence, sampled: Sequence[Tuple[torch.Tensor, Dict[str, torch.Tensor]]],
+                pad_id: int, *, rounds: int, dropped_groups: int,
+                positions: List[int]) -> ScoredBatch:
+    """Concatenate parts into one ScoredBatch, in order: `kept` have rollout, rows, texts, total
+    and components (collect's rounds, or every rank's batch in dist/gather.py); `sampled` are
+    the (total (m,), components) of every part before filtering."""
+    names = list(sampled[0][1])
     return ScoredBatch(
         rollout=concat_rollouts([k.rollout for k in kept], pad_id) if len(kept) > 1 else kept[0].rollout,
         rows=[r for k in kept for r in k.rows],
         texts=_concat_texts([k.texts for k in kept]),
-        total=torch.cat([k.total for k in kept]),
+        total=torch.cat([k.total for k in kept]),  # (N',)
         components={name: torch.cat([k.components[name] for k in kept]) for name in names},
-        sampled_total=torch.cat([r.total for r in sampled]),
-        sampled_components={name: torch.cat([r.components[name] for r in sampled]) for name in names},
+        sampled_total=torch.cat([total for total, _ in sampled]),  # (M,)
+        sampled_components={name: torch.cat([c[name] for _, c in sampled]) for name in names},
         rounds=rounds,
-        dropped_groups=dropped,
+        dropped_groups=dropped_groups,
         positions=positions,
     )

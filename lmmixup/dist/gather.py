@@ -34,20 +34,10 @@ def gather_batch(batch, dist: DistContext, pad_id: int):
     """A rank's ScoredBatch (lmmixup/step.py) -> the global one (every rank gets it)."""
     if not dist.distributed:
         return batch
-    from lmmixup.rollout_batch import concat_rollouts
-    from lmmixup.step import ScoredBatch, _concat_texts
+    from lmmixup.step import join_scored
 
     parts = dist.gather_objects(batch)
-    names = list(parts[0].components)
-    return ScoredBatch(
-        rollout=concat_rollouts([p.rollout for p in parts], pad_id),
-        rows=[r for p in parts for r in p.rows],
-        texts=_concat_texts([p.texts for p in parts]),
-        total=torch.cat([p.total for p in parts]),
-        components={k: torch.cat([p.components[k] for p in parts]) for k in names},
-        sampled_total=torch.cat([p.sampled_total for p in parts]),
-        sampled_components={k: torch.cat([p.sampled_components[k] for p in parts]) for k in names},
-        rounds=parts[0].rounds,  # every rank runs the same rounds
-        dropped_groups=sum(p.dropped_groups for p in parts),
-        positions=[x for p in parts for x in p.positions],
-    )
+    return join_scored(parts, [(p.sampled_total, p.sampled_components) for p in parts], pad_id,
+                       rounds=parts[0].rounds,  # every rank runs the same rounds
+                       dropped_groups=sum(p.dropped_groups for p in parts),
+                       positions=[x for p in parts for x in p.positions])
