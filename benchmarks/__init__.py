@@ -1,1 +1,6 @@
-"""Benchmarks of lmmixup against HF and TRL; run them with `python -m lmmixup.bench`."""
+"""Benchmarks of lmmixup, outside the library: run from the checkout's root.
+
+    python -m lmmixup.bench       rollouts, log-probs, roofline, GRPO step (grpo.py), distill
+    python -m benchmarks.rewards  the paper rewards on one rollout batch
+    python -m benchmarks.distill  distill.py's generation stage alone
+"""

@@ -27,8 +27,8 @@ SECTIONS = GRPO_SECTIONS + ("distill",)
 
 
 def bench_distill(reps: int, table: List) -> Dict:
-    """distill.py's generation, clusters/s of ours vs HF generate (lmmixup/distill/bench.py)."""
-    from lmmixup.distill.bench import bench_distill as run
+    """distill.py's generation, clusters/s of ours vs HF generate (benchmarks/distill.py)."""
+    from benchmarks.distill import bench_distill as run
 
     return run(reps, table)
 

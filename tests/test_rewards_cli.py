@@ -89,7 +89,7 @@ def test_cli_row_errors(tmp_path, capsys, row, msg):
 
 
 def test_bench_runs_small(tmp_path, monkeypatch, capsys):
-    from lmmixup.rewards import bench
+    from benchmarks import rewards as bench
 
     monkeypatch.setenv("LMMIXUP_CACHE", str(tmp_path / "cache"))
     entry = tmp_path / "entry.md"
@@ -98,7 +98,7 @@ def test_bench_runs_small(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "all three (compute_rewards):" in out and "format alone:" in out
     text = entry.read_text()
-    assert "- Command: `python -m lmmixup.rewards.bench --runs 1 --batch 8" in text
+    assert "- Command: `python -m benchmarks.rewards --runs 1 --batch 8" in text
 
 
 def test_cli_rows_one_line_per_input_row_in_order(tmp_path, monkeypatch, capsys):

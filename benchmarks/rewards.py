@@ -1,7 +1,7 @@
 """Benchmark of the paper rewards on one rollout batch.
 
-    python -m lmmixup.rewards.bench [--runs 7] [--batch 64] [--group 8] [--library-rows 10000]
-                                    [--judge] [--entry-out FILE]
+    python -m benchmarks.rewards [--runs 7] [--batch 64] [--group 8] [--library-rows 10000]
+                                 [--judge] [--entry-out FILE]
 
 Builds a synthetic rated library (lmmixup/rewards/synthetic.py), embeds it once (cached on
 disk like any library), then scores a batch of `--batch` completions of 3-5 sentences
@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     from lmmixup.rewards.quality import QualityConfig, write_library
     from lmmixup.rewards.synthetic import synthetic_rated_rows
 
-    p = argparse.ArgumentParser(prog="python -m lmmixup.rewards.bench")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.rewards")
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--group", type=int, default=8)
@@ -135,7 +135,7 @@ def main(argv=None) -> None:
     if args.entry_out:
         today = datetime.date.today().isoformat()
         flags = sys.argv[1:] if argv is None else list(argv)
-        cmd = "python -m lmmixup.rewards.bench " + " ".join(flags)
+        cmd = "python -m benchmarks.rewards " + " ".join(flags)
         entry = [f"\n## {today} — paper rewards benchmark (quality + alignment + format)",
                  f"- Command: `{cmd.strip()}`"] + [f"- {line}" for line in lines]
         Path(args.entry_out).write_text("\n".join(entry) + "\n")

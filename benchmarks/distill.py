@@ -1,7 +1,7 @@
 """Distillation throughput: clusters per second, our rollout engine against HF `generate`.
 
-    python -m lmmixup.distill.bench [--pool sharegpt:120] [--batch 8] [--max-new-tokens 128]
-                                    [--reps 3] [--model embedded:smollm2-135m-instruct] [--json]
+    python -m benchmarks.distill [--pool sharegpt:120] [--batch 8] [--max-new-tokens 128]
+                                 [--reps 3] [--model embedded:smollm2-135m-instruct] [--json]
     (also a section of `python -m lmmixup.bench`)
 
 What is timed is distill.py's own generation call, `lmmixup.distill.generate.distill_batch`
@@ -92,7 +92,7 @@ def bench_distill(reps: int, table: List, pool: str = "sharegpt:120", batch: int
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m lmmixup.distill.bench",
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.distill",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--pool", default="sharegpt:120", help="pool spec, as distill.py input=")
     ap.add_argument("--batch", type=int, default=8, help="clusters per rollout call")
