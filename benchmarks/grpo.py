@@ -39,6 +39,9 @@ Sections (all on the embedded SmolLM2-135M-Instruct, fp32):
             its own child process, STEP_ROUNDS times, alternating ours / TRL; seconds per
             step (wall and process CPU) = median over every child's steps after its first;
             peak RSS = VmHWM over the steps (reset after the models are loaded), max over runs.
+            Each step is also split into rollout / rewards + log-probs / update (STEP_PARTS);
+            TRL's parts come from timing its `_generate` and `_generate_and_score_completions`
+            on the trainer instance, so the two trainers' parts read side by side.
 """
 
 from __future__ import annotations
@@ -341,6 +344,7 @@ def child_step_ours(steps: int) -> Dict:
         torch.manual_seed(s)
         t0, c0 = time.perf_counter(), time.process_time()
         rollout = sample(model, tok, rows, rollout_cfg, algo.group_size, stops, 1024, "bench", "cpu")
+        t_sampled = time.perf_counter()
         texts = reward_batch(tok, rollout, rows, algo.group_size)
         rewards = torch.tensor([_trivial_reward(c) for c in texts.completions])  # (N,)
         adv = group_advantages(rewards, algo.group_size, algo.adv_scale, algo.adv_eps)  # (N,)
@@ -355,7 +359,8 @@ def child_step_ours(steps: int) -> Dict:
         t3 = time.perf_counter()
         times.append(t3 - t0)
         cpu.append(time.process_time() - c0)
-        parts.append({"rollout_reward": t1 - t0, "ref_logprobs": t2 - t1, "update": t3 - t2})
+        parts.append({"rollout": t_sampled - t0, "reward_and_logprobs": t2 - t_sampled,
+                      "update": t3 - t2})
         lengths.append(float(rollout.completion_lengths.mean()))
     return {"step_s": times, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base,
             "completion_len_mean": lengths, "parts_s": parts, "loadavg_end": os.getloadavg()[0]}
@@ -368,7 +373,8 @@ def child_step_trl(steps: int) -> Dict:
 
     model, tok = _smollm2()
     model.train()
-    times, cpu, lengths, state = [], [], [], {}
+    times, cpu, lengths, parts, state = [], [], [], [], {}
+    spent = {"_generate": 0.0, "_generate_and_score_completions": 0.0}  # seconds, this step
 
     def reward(completions, **kwargs):
         texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
@@ -379,10 +385,15 @@ def child_step_trl(steps: int) -> Dict:
             if "base" not in state:
                 state["base"] = reset_peak_rss()  # models, ref model, trainer are built by now
             state["t0"], state["c0"] = time.perf_counter(), time.process_time()
+            spent.update(dict.fromkeys(spent, 0.0))
 
         def on_step_end(self, args, st, control, **kw):
             times.append(time.perf_counter() - state["t0"])
             cpu.append(time.process_time() - state["c0"])
+            # TRL's generation batch is one optimizer step here (16 = 8 per device x 2 accum)
+            gen, scored = spent["_generate"], spent["_generate_and_score_completions"]
+            parts.append({"rollout": gen, "reward_and_logprobs": scored - gen,
+                          "update": times[-1] - scored})
 
         def on_log(self, args, st, control, logs=None, **kw):
             if logs and "completions/mean_length" in logs:
@@ -400,12 +411,28 @@ def child_step_trl(steps: int) -> Dict:
             dataloader_num_workers=0)
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
                               processing_class=tok, callbacks=[Clock()])
+        for name in spent:  # time TRL's sampling and its sampling + scoring, on this instance
+            setattr(trainer, name, _timed(getattr(trainer, name), name, spent))
         trainer.train()
     return {"step_s": times, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(),
             "base_rss_mb": state.get("base", 0.0), "completion_len_mean": lengths,
-            "loadavg_end": os.getloadavg()[0]}
+            "parts_s": parts, "loadavg_end": os.getloadavg()[0]}
 
 
+def _timed(fn: Callable, name: str, spent: Dict[str, float]) -> Callable:
+    """fn, adding its wall seconds to spent[name] on every call."""
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[name] += time.perf_counter() - t0
+    return wrapper
+
+
+STEP_PARTS = ("rollout", "reward_and_logprobs", "update")
+"""a step's split, median seconds: sampling; rewards + reference (and TRL's old) log-probs;
+the loss, backward and optimizer step (TRL: the step's remainder after `_generate_and_score_completions`)"""
 STEP_ROUNDS = 2
 """child runs per trainer, alternating ours / TRL, so that changing background load hits both"""
 
@@ -423,7 +450,9 @@ def bench_step(steps: int, table: List) -> Dict:
                      "peak": max(r["peak_rss_mb"] for r in rs),
                      "base": min(r["base_rss_mb"] for r in rs),
                      "lens": [x for r in rs for x in r["completion_len_mean"]],
-                     "load": [r["loadavg_end"] for r in rs]}
+                     "load": [r["loadavg_end"] for r in rs],
+                     "parts": {k: statistics.median(x[k] for r in rs for x in (r["parts_s"][1:] or r["parts_s"]))
+                               for k in STEP_PARTS}}
     for name, label in (("trl", "TRL GRPOTrainer"), ("ours", "lmmixup.step (ours)")):
         r = res[name]
         table.append(("step", f"{label} 4x4x64", f"{r['wall']:.2f} s/step",
@@ -431,6 +460,9 @@ def bench_step(steps: int, table: List) -> Dict:
                       f"(from {r['base']:.0f}); completion len {min(r['lens']):.0f}-"
                       f"{max(r['lens']):.0f}; load avg at end {r['load']}"))
     ours, trl = res["ours"], res["trl"]
+    for k in STEP_PARTS:  # where the step's time goes, and the speed-up of each part
+        table.append(("step", f"  {k}: TRL / ours", f"{trl['parts'][k]:.2f} / {ours['parts'][k]:.2f} s",
+                      f"{trl['parts'][k] / max(ours['parts'][k], 1e-9):.2f}x"))
     table += [
         ("step", "speed-up ours / TRL (wall)", f"{trl['wall'] / ours['wall']:.2f}x", "goal >= 2.5x"),
         ("step", "speed-up ours / TRL (CPU time)", f"{trl['cpu'] / ours['cpu']:.2f}x", ""),
@@ -439,6 +471,8 @@ def bench_step(steps: int, table: List) -> Dict:
     return {"step_speedup_vs_trl": trl["wall"] / ours["wall"],
             "step_speedup_vs_trl_cpu_time": trl["cpu"] / ours["cpu"],
             "step_peak_rss_ratio_trl_over_ours": trl["peak"] / ours["peak"],
-            "step_s_ours": ours["wall"], "step_s_trl": trl["wall"]}
+            "step_s_ours": ours["wall"], "step_s_trl": trl["wall"],
+            "step_parts_s_ours": {k: round(v, 3) for k, v in ours["parts"].items()},
+            "step_parts_s_trl": {k: round(v, 3) for k, v in trl["parts"].items()}}
 
 
