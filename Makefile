@@ -13,8 +13,11 @@ train: install
 smoke: install
 	$(PY) train.py experiment=smoke
 
+# One worker per core, a test file per worker (module fixtures run once): most of the suite's
+# time is single-threaded interpreter start-up of train.py/distill.py subprocesses, which
+# workers overlap. `pytest tests/x.py` alone stays serial.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 bench: install
 	bash scripts/install.sh bench

@@ -8,6 +8,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `make test` (pytest -n auto) each of N workers would default to N torch threads:
+    # N*N threads on N cores, where OpenMP's spin-waits slow every job several times over.
+    # One thread per worker, inherited by the train.py/distill.py subprocesses it starts.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)  # in case a plugin imported torch before the variable was set
 
 
 @pytest.fixture(scope="session")
