@@ -11,16 +11,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Under `make test` (pytest -n auto) each of N workers would default to N torch threads:
     # N*N threads on N cores, where OpenMP's spin-waits slow every job several times over.
-    # One thread per worker, inherited by the train.py/distill.py subprocesses it starts.
+    # One thread per worker: the variables for the train.py/distill.py subprocesses it starts,
+    # set_num_threads for the worker itself.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    import torch
 
-
-def pytest_configure(config):
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        import torch
-
-        torch.set_num_threads(1)  # in case a plugin imported torch before the variable was set
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
