@@ -45,15 +45,17 @@ from omegaconf import DictConfig, OmegaConf
 from lmmixup.cli import precheck_overrides, report_errors
 from lmmixup.config import to_typed_config
 from lmmixup.data.jsonl import atomic_open, atomic_write_jsonl, atomic_write_text, dumps_row, iter_jsonl
-from lmmixup.distill.cluster import cluster_by_source
+from lmmixup.distill.cluster import cluster_by_source, coherence, random_coherence
 from lmmixup.distill.config import DistillConfig, register_distill_configs
-from lmmixup.distill.formats import check_input, iter_pool, pair_text, parse_input, sample_id
-from lmmixup.distill.generate import cluster_messages, distill_batch, parse_distilled
+from lmmixup.distill.formats import check_input, iter_pool, pair_text, parse_input, question_text, sample_id
+from lmmixup.distill.generate import GenerateConfig, cluster_prompt, distill_batch, parse_distilled
 from lmmixup.distill.longtail import long_tail_scores, rank_order
 from lmmixup.distill.mix import build_mix
 from lmmixup.distill.rate import build_rater, check_rater, embed_texts, load_embedder
 from lmmixup.distill.report import PLOTS, write_report
-from lmmixup.distill.state import STAGES, RunState, check_out_folder, kill_point, run_sharded
+from lmmixup.distill.task import cluster_task
+from lmmixup.distill.state import (STAGES, RunState, check_out_folder, kill_point, reuse_stages,
+                                   run_sharded)
 from lmmixup.dist.context import LOCAL, DistContext, close_distributed, join_torchrun
 from lmmixup.errors import LmmixupError
 
@@ -167,6 +169,11 @@ def run(dcfg: DictConfig) -> None:
     state = RunState(out)
     if dist.is_main:  # rank 0 owns the out folder and its state; the others only write shards
         check_out_folder(out, config, state)
+        if cfg.reuse and not (out / "config.json").is_file():  # a new folder: take what fits
+            taken = reuse_stages(Path(cfg.reuse), out, config)
+            state = RunState(out)
+            print(f"distill: reused {', '.join(taken) or 'no stage'} from {cfg.reuse}",
+                  file=sys.stderr)
         out.mkdir(parents=True, exist_ok=True)
         for stale in list(out.glob(".*.tmp")) + list(work.rglob(".*.tmp")):  # left by a kill
             stale.unlink()
@@ -194,7 +201,7 @@ def run(dcfg: DictConfig) -> None:
 
     # 1. Normalise: one row per sample, a content-hash id, exact duplicates dropped.
     def normalize() -> Dict:
-        seen, read, skipped = set(), 0, []
+        seen, read, skipped, tasks = set(), 0, [], {}
         with atomic_open(out / "normalized.jsonl") as f:
             for row in iter_pool(spec, cfg.pool, skipped):
                 read += 1
@@ -202,8 +209,12 @@ def run(dcfg: DictConfig) -> None:
                 if sid in seen:
                     continue
                 seen.add(sid)
-                f.write(dumps_row({"id": sid, "source": row.source, "instruction": row.instruction,
-                                   "input": row.input, "output": row.output, "where": row.where}) + "\n")
+                task = cluster_task([(question_text(row.instruction, row.input), row.output)],
+                                    cfg.distill.task)  # rated in its task's shape, as MIXTURE's library
+                tasks[task] = tasks.get(task, 0) + 1
+                f.write(dumps_row({"id": sid, "source": row.source, "task": task,
+                                   "instruction": row.instruction, "input": row.input,
+                                   "output": row.output, "where": row.where}) + "\n")
             if not seen:
                 raise LmmixupError(f"input: {cfg.input}: the pool is empty"
                                    + (f" ({len(skipped)} rows without text skipped)" if skipped else ""))
@@ -212,7 +223,7 @@ def run(dcfg: DictConfig) -> None:
                                    f"sample(s), fewer than one cluster (cluster.size_min="
                                    f"{cfg.cluster.size_min})")
         return {"read": read, "duplicates": read - len(seen), "skipped_empty": len(skipped),
-                "samples": len(seen)}
+                "samples": len(seen), "tasks": dict(sorted(tasks.items()))}
 
     n_samples = stage("normalize", ["normalized.jsonl"], normalize)["samples"]
 
@@ -241,7 +252,8 @@ def run(dcfg: DictConfig) -> None:
     if split_counts["low"] == 0:
         print("distill: no sample is below rate.high_threshold; nothing to distil", file=sys.stderr)
 
-    # 4. Cluster the low-quality samples per source (capacity-limited k-means).
+    # 4. Cluster the low-quality samples per source (capacity-limited k-means), each cluster's
+    #    coherence (mean pairwise cosine) beside random clusters of the same sizes.
     def cluster() -> Dict:
         low_index, ids, sources = [], [], []
         for i, (_, row) in enumerate(iter_jsonl(out / "rated.jsonl")):
@@ -249,31 +261,38 @@ def run(dcfg: DictConfig) -> None:
                 low_index.append(i)
                 ids.append(row["id"])
                 sources.append(row["source"])
-        emb = np.load(work / "embeddings.npy", mmap_mode="r")
-        groups, left = cluster_by_source(sources, np.asarray(emb[low_index]), cfg.cluster, cfg.seed)
+        emb = np.asarray(np.load(work / "embeddings.npy", mmap_mode="r")[low_index])  # (n_low, D)
+        groups, left = cluster_by_source(sources, emb, cfg.cluster, cfg.seed)
         per_source: Dict[str, int] = {}
         rows = []
         for source, members in groups:
             per_source[source] = per_source.get(source, 0) + 1
             rows.append({"id": f"{source}-{per_source[source] - 1:05d}", "source": source,
-                         "member_ids": [ids[i] for i in members]})
+                         "member_ids": [ids[i] for i in members],
+                         "coherence": round(coherence(emb, members), 4)})
         atomic_write_jsonl(out / "clusters.jsonl", rows)
         atomic_write_jsonl(out / "unclustered.jsonl",
                            [{"id": ids[i], "source": sources[i], "reason": reason} for i, reason in left])
         sizes = [len(r["member_ids"]) for r in rows]
+        reasons = [reason for _, reason in left]
+        baseline = random_coherence(emb, sources, groups, cfg.seed)  # same sizes, random members
         return {"clusters": len(rows), "clustered": sum(sizes), "unclustered": len(left),
-                "sizes": {str(s): sizes.count(s) for s in sorted(set(sizes))}}
+                "unclustered_reasons": {k: reasons.count(k) for k in sorted(set(reasons))},
+                "sizes": {str(s): sizes.count(s) for s in sorted(set(sizes))},
+                "coherence": coherence_summary([r["coherence"] for r in rows]),
+                "coherence_random": coherence_summary(baseline)}
 
     stage("cluster", ["clusters.jsonl", "unclustered.jsonl"], cluster)
 
-    # 5. Distil each cluster: training's prompt layout, greedy, the rollout engine.
+    # 5. Distil each cluster: the evaluation path's prompt in the cluster's task layout,
+    #    greedy, the rollout engine, a budget from the members' lengths, stop at </answer>.
     def generate() -> Dict:
         clusters = [r for _, r in iter_jsonl(out / "clusters.jsonl")]
         members = {r["id"]: r for _, r in iter_jsonl(out / "low.jsonl")}
-        prompts = [cluster_messages([members[m] for m in c["member_ids"]], cfg.distill.member_chars)
+        prompts = [cluster_prompt([members[m] for m in c["member_ids"]], cfg.distill)
                    for c in clusters]
         # shards of similar prompt length: less padding; fixed by the input, so resume-safe
-        order = sorted(range(len(clusters)), key=lambda i: len(json.dumps(prompts[i])))
+        order = sorted(range(len(clusters)), key=lambda i: len(json.dumps(prompts[i].messages)))
         batches = list(chunks(order, cfg.distill.batch_size))
 
         def work_batch(j: int, batch: List[int]) -> List[Dict]:
@@ -282,16 +301,21 @@ def run(dcfg: DictConfig) -> None:
                                  stop_ids, device)
             rows = []
             for i, gen in zip(batch, gens):
-                c = clusters[i]
+                c, prompt = clusters[i], prompts[i]
                 if gen.prompt_tokens > cfg.distill.max_prompt_tokens:
-                    ok, reason, instruction, output = False, "prompt_too_long", "", ""
+                    parsed = ("prompt_too_long", "", "", "")
+                    ok = False
                 else:
-                    ok, reason, instruction, output = parse_distilled(gen.completion, gen.truncated)
-                rows.append({"cluster_id": c["id"], "source": c["source"],
+                    ok, *parsed = parse_distilled(gen.completion, gen.truncated, prompt.task,
+                                                  prompt.members)
+                reason, instruction, output, answer = parsed
+                rows.append({"cluster_id": c["id"], "source": c["source"], "task": prompt.task,
                              "member_ids": c["member_ids"], "ok": ok, "reason": reason,
                              "instruction": instruction, "input": "", "output": output,
-                             "completion": gen.completion, "truncated": gen.truncated,
-                             "completion_tokens": gen.tokens, "prompt_tokens": gen.prompt_tokens})
+                             "answer": answer, "completion": gen.completion,
+                             "truncated": gen.truncated, "completion_tokens": gen.tokens,
+                             "budget": gen.budget, "think_tokens": gen.think_tokens,
+                             "prompt_tokens": gen.prompt_tokens})
             return rows
 
         paths = run_sharded(work / "generate", batches, len(clusters), work_batch, "distill",
@@ -303,27 +327,36 @@ def run(dcfg: DictConfig) -> None:
         atomic_write_jsonl(out / "generated.jsonl", (by_id[c["id"]] for c in clusters))
         rows = list(by_id.values())
         reasons = [r["reason"] for r in rows if not r["ok"]]
+        tasks = [r["task"] for r in rows]
+        think = sorted(r["think_tokens"] for r in rows if r["completion"])
         return {"generated": len(rows), "ok": len(rows) - len(reasons),
-                "failures": {k: reasons.count(k) for k in sorted(set(reasons))}}
+                "failures": {k: reasons.count(k) for k in sorted(set(reasons))},
+                "tasks": {k: tasks.count(k) for k in sorted(set(tasks))},
+                "think_tokens_median": think[len(think) // 2] if think else 0}
 
     stage("generate", ["generated.jsonl"], generate, sharded=True)
 
-    # 6. Re-rate each distilled pair; keep those >= distill.keep_threshold.
+    # 6. Re-rate each distilled pair in its task's shape; keep those >= distill.keep_threshold
+    #    that beat their cluster's best member by more than distill.min_gain.
     def rerate() -> Dict:
         n = sum(1 for _ in iter_jsonl(out / "generated.jsonl"))
         paths = rate_sharded(parts, work / "rerate", (r for _, r in iter_jsonl(out / "generated.jsonl")),
                              n, lambda r: r["ok"], "rerate")
         if not dist.is_main:
             return {}
-        rows = 0
+        member_score = {r["id"]: r["score"] for _, r in iter_jsonl(out / "low.jsonl")}
+        drops: Dict[str, int] = {}
         with atomic_open(out / "rerated.jsonl") as f:
             for path in paths:
                 for _, row in iter_jsonl(path):
-                    row["kept"] = row["ok"] and row["score"] >= cfg.distill.keep_threshold
-                    rows += row["kept"]
+                    best = max(member_score[m] for m in row["member_ids"])
+                    row["best_member_score"] = best
+                    row["drop"] = keep_verdict(row, best, cfg.distill)
+                    row["kept"] = not row["drop"]
+                    drops[row["drop"] or "kept"] = drops.get(row["drop"] or "kept", 0) + 1
                     f.write(dumps_row(row) + "\n")
         save_npy(work / "rerated_emb.npy", shard_embeddings(paths))
-        return {"kept": rows}
+        return {"kept": drops.pop("kept", 0), "dropped": dict(sorted(drops.items()))}
 
     stage("rerate", ["rerated.jsonl", ".work/rerated_emb.npy"], rerate, sharded=True)
 
@@ -367,6 +400,27 @@ def run(dcfg: DictConfig) -> None:
     mixed = state.counts("mix")
     print(f"distill: {out}/mix.jsonl: {mixed['rows']} rows ({mixed['original']} original, "
           f"{mixed['distilled']} distilled); report: {out}/report.md", file=sys.stderr)
+
+
+def coherence_summary(values: Sequence[float]) -> Dict:
+    """Mean, median and a histogram (bins of 0.1 over [-0.2, 1]) of cluster coherences."""
+    if not values:
+        return {"mean": None, "median": None, "hist": []}
+    bins = np.linspace(-0.2, 1.0, 13)
+    return {"mean": round(float(np.mean(values)), 4), "median": round(float(np.median(values)), 4),
+            "hist": np.histogram(np.clip(values, -0.2, 1.0), bins=bins)[0].tolist()}
+
+
+def keep_verdict(row: Dict, best_member: float, cfg: GenerateConfig) -> str:
+    """'' when a re-rated pair is kept, else why not: its failure reason, below_keep_threshold,
+    or no_gain (it does not beat its cluster's best member by more than distill.min_gain)."""
+    if not row["ok"]:
+        return row["reason"]
+    if row["score"] < cfg.keep_threshold:
+        return "below_keep_threshold"
+    if row["score"] - best_member <= cfg.min_gain:
+        return "no_gain"
+    return ""
 
 
 def check_model(cfg: DistillConfig) -> None:

@@ -24,18 +24,22 @@ import time
 from typing import Dict, List, Optional
 
 
-def real_clusters(pool: str, member_chars: int) -> List[List[Dict[str, str]]]:
-    """Distillation prompts (chat messages) of the pool's clusters, in pool order."""
+def real_clusters(pool: str, member_chars: int):
+    """Distillation prompts (ClusterPrompt: task, members, chat messages) of the pool's
+    clusters, in pool order, rendered as distill.py renders them."""
     from lmmixup.data.cluster import hash_embed
     from lmmixup.distill.cluster import PoolClusterConfig, cluster_by_source
-    from lmmixup.distill.formats import PoolConfig, iter_pool, pair_text, parse_input
-    from lmmixup.distill.generate import cluster_messages
+    from lmmixup.distill.formats import PoolConfig, iter_pool, pair_text, parse_input, question_text
+    from lmmixup.distill.generate import GenerateConfig, cluster_prompt
+    from lmmixup.distill.task import member_task
 
-    rows = [{"instruction": r.instruction, "input": r.input, "output": r.output, "source": r.source}
+    rows = [{"instruction": r.instruction, "input": r.input, "output": r.output, "source": r.source,
+             "task": member_task(question_text(r.instruction, r.input), r.output)}
             for r in iter_pool(parse_input(pool), PoolConfig())]
     emb = hash_embed([pair_text(r) for r in rows])  # (n, 512)
     groups, _ = cluster_by_source([r["source"] for r in rows], emb, PoolClusterConfig(), seed=0)
-    return [cluster_messages([rows[i] for i in members], member_chars) for _, members in groups]
+    cfg = GenerateConfig(member_chars=member_chars)
+    return [cluster_prompt([rows[i] for i in members], cfg) for _, members in groups]
 
 
 def bench_distill(reps: int, table: List, pool: str = "sharegpt:120", batch: int = 8,

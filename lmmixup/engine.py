@@ -287,7 +287,8 @@ def _sample(logits: torch.Tensor, cfg: RolloutConfig, greedy: bool, generator,
 def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: RolloutConfig,
                     group_size: int, stop_ids: Sequence[int], pad_id: int, *, greedy: bool = False,
                     compact: bool = True, generator: Optional[torch.Generator] = None,
-                    uniforms: Optional[torch.Tensor] = None) -> Rollout:
+                    uniforms: Optional[torch.Tensor] = None,
+                    stop_sequences: Sequence[Sequence[int]] = ()) -> Rollout:
     """Sample G completions for each of B left-padded prompts with a static KV cache.
 
     prompt_ids, prompt_mask: (B, P). Same contract as `rollout.hf_generate`, plus:
@@ -297,6 +298,9 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
       generator  torch.Generator on the model's device; None draws from the global torch RNG
       uniforms   (N, T) the uniform of every (row, token) drawn ahead, e.g. one generator per
                  group (lmmixup/dist/shard.py); replaces `generator`
+      stop_sequences  token-id sequences that also end a row once its last tokens equal one
+                 (distill.py stops at `</answer>`, several tokens); the row keeps them, is
+                 not truncated, and its mask ends with them
     An empty `stop_ids` never stops early: every row gets exactly cfg.max_new_tokens tokens.
     Returns a Rollout whose T is the number of decode steps run (<= cfg.max_new_tokens), with
     `rollout_logp` filled (0 after a row's stop token).
@@ -323,6 +327,8 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
     out_ids = torch.full((n, t_max), pad_id, dtype=torch.long, device=device)  # (N, T)
     out_logp = torch.zeros(n, t_max, dtype=torch.float32, device=device)  # (N, T)
     stops = torch.as_tensor(list(stop_ids), dtype=torch.long, device=device)  # (S,)
+    sequences = [torch.as_tensor(list(q), dtype=torch.long, device=device) for q in stop_sequences]
+    seq_end = torch.full((n,), -1, dtype=torch.long, device=device)  # (N,) step a sequence ended
     if uniforms is not None:
         uniforms = uniforms.to(device)  # (N, T)
 
@@ -347,6 +353,11 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
         out_ids[rows, t] = tok
         out_logp[rows, t] = logp.masked_fill(done, 0.0)
         done |= torch.isin(tok, stops)
+        for q in sequences:  # (L,) each
+            if t + 1 >= len(q):
+                hit = (out_ids[rows, t + 1 - len(q):t + 1] == q).all(dim=1) & ~done  # (R,)
+                seq_end[rows[hit]] = t
+                done |= hit
         key_mask[:, p + t] = True  # token t is a key for every later step
         n_live = int((~done).sum())  # the loop's only host sync per step
         if n_live == 0:
@@ -360,6 +371,11 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
 
     completion = out_ids[:, :steps]  # (N, T')
     completion_mask, truncated = completion_mask_from_stops(completion, stop_ids)
+    if sequences:  # rows ended by a stop sequence: mask through its last token, not truncated
+        ended = seq_end >= 0  # (N,)
+        upto = torch.arange(steps, device=device)[None, :] <= seq_end[:, None]  # (N, T')
+        completion_mask = torch.where(ended[:, None], upto.float(), completion_mask)
+        truncated = truncated & ~ended
     return Rollout(
         prompt_ids=repeat_for_group(prompt_ids, g),
         prompt_mask=repeat_for_group(prompt_mask, g),

@@ -26,16 +26,21 @@ from lmmixup.rollout import Rollout, RolloutConfig, concat_rollouts, get_engine,
 
 def sample(model, tokenizer, rows: List[PromptRow], rollout_cfg: RolloutConfig, group_size: int,
            stop_ids: Sequence[int], max_prompt_tokens: int, source: str, device,
-           uniforms: Optional[torch.Tensor] = None) -> Rollout:
+           uniforms: Optional[torch.Tensor] = None,
+           stop_sequences: Sequence[Sequence[int]] = ()) -> Rollout:
     """B rows -> a Rollout of N = B*G completions (model switched to eval for decoding).
     uniforms (N, T): per-group sampling randomness (lmmixup/dist/shard.py), static engine only;
-    None samples from the global torch RNG."""
+    None samples from the global torch RNG. stop_sequences: token-id sequences that end a row
+    (engine.static_generate), static engine only; other engines run to their stop ids and the
+    caller cuts the text."""
     prompt_ids, prompt_mask = encode_prompts(tokenizer, rows, max_prompt_tokens, source)  # (B, P)
     was_training = model.training
     model.eval()
     try:
         engine = get_engine(rollout_cfg.engine)
         extra = {} if uniforms is None else {"uniforms": uniforms}
+        if stop_sequences and rollout_cfg.engine == "static":
+            extra["stop_sequences"] = stop_sequences
         return engine(model, prompt_ids.to(device), prompt_mask.to(device), rollout_cfg,
                       group_size, stop_ids, tokenizer.pad_token_id, **extra)
     finally:

@@ -26,7 +26,7 @@ from lmmixup.errors import LmmixupError
 ROOT = Path(__file__).resolve().parent.parent
 STAGE_FILES = ("normalized.jsonl", "rated.jsonl", "high.jsonl", "low.jsonl", "clusters.jsonl",
                "unclustered.jsonl", "generated.jsonl", "rerated.jsonl", "distilled.jsonl",
-               "mix.jsonl", "scores.png", "cluster_sizes.png", "failures.png")
+               "mix.jsonl", "scores.png", "cluster_sizes.png", "coherence.png", "failures.png")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,8 @@ def library(tmp_path_factory):
     rng = random.Random(0)
     rows = []
     for _, r in zip(range(30), sharegpt_rows(30)):
-        text = pair_text({"instruction": r.instruction, "input": "", "output": r.output})[:600]
+        text = pair_text({"instruction": r.instruction, "input": "", "output": r.output,
+                          "task": "para"})[:600]
         words = text.split()
         rng.shuffle(words)
         rows += [{"text": text, "score": 5}, {"text": " ".join(words[:40]), "score": 1},
@@ -94,8 +95,9 @@ def test_end_to_end_on_real_sharegpt_rows_writes_every_stage_file(finished):
     left = [json.loads(line) for line in (finished / "unclustered.jsonl").read_text().splitlines()]
     members = [m for c in clusters for m in c["member_ids"]] + [r["id"] for r in left]
     assert sorted(members) == sorted(r["id"] for r in low)  # each low sample exactly once
-    assert all(2 <= len(c["member_ids"]) <= 5 and set(c) == {"id", "source", "member_ids"}
+    assert all(2 <= len(c["member_ids"]) <= 5 and set(c) == {"id", "source", "member_ids", "coherence"}
                for c in clusters)
+    assert all(-1 <= c["coherence"] <= 1 for c in clusters)
     distilled = [json.loads(line) for line in (finished / "distilled.jsonl").read_text().splitlines()]
     assert [d["cluster_id"] for d in distilled] == [c["id"] for c in clusters]
     assert all(not d["ok"] and d["reason"] in ("no_answer", "truncated") and d["score"] is None
@@ -104,6 +106,10 @@ def test_end_to_end_on_real_sharegpt_rows_writes_every_stage_file(finished):
     assert len(mix) == 6 and all(m["origin"] == "original" and m["score"] >= 3.0 for m in mix)
     report = json.loads((finished / "report.json").read_text())
     assert report["counts"]["normalize"]["samples"] == 24
+    # ShareGPT's first 24 rows: long replies are para, a few short ones qa; the clusters' layouts
+    assert set(report["counts"]["normalize"]["tasks"]) <= {"para", "qa", "tfq", "cs", "mcq"}
+    assert sum(report["tasks"].values()) == len(clusters)
+    assert report["coherence"]["clusters"]["mean"] is not None
     assert sum(report["failures"].values()) == len(clusters)
     assert set(report["seconds"]) >= {"normalize", "rate", "generate", "mix"}
 
@@ -149,6 +155,89 @@ def test_an_out_folder_with_a_different_config_is_refused_and_left_alone(library
     assert str(e.value) == (f"out: {out} holds a run made with a different config: "
                             "cluster.size_max (5 -> 4), seed (0 -> 3); use another out folder")
     assert tree(out) == before
+
+
+@pytest.mark.slow  # real distill.py subprocesses
+def test_a_later_key_reruns_in_place_and_a_sweep_distils_once(library, finished, tmp_path):
+    """A changed mix key reruns only the mix (and report) in the same folder; a `-m` sweep with
+    reuse= copies every stage before the mix from the finished run. With LMMIXUP_DISTILL_KILL
+    at generate:shard0 any job that generated would die (exit -9): none may."""
+    inplace = tmp_path / "inplace"
+    shutil.copytree(finished, inplace)
+    args = base_args(library, inplace)
+    proc = distill([a if not a.startswith("mix.size=") else "mix.size=4" for a in args],
+                   kill="generate:shard0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep = distill(["-m", *[a for a in base_args(library, tmp_path / "x")
+                             if not a.startswith(("out=", "mix.size="))],
+                     "mix.size=4,5", f"out={tmp_path}/sweep/s${{mix.size}}", f"reuse={finished}"],
+                    kill="generate:shard0")
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert sweep.stderr.count("distill: reused normalize, rate, split, cluster, generate, rerate, "
+                              "longtail from") == 2
+    for size in (4, 5):  # each equals a separate full run, byte for byte
+        alone = tmp_path / f"alone{size}"
+        proc = distill([a if not a.startswith("mix.size=") else f"mix.size={size}"
+                        for a in base_args(library, alone)])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        got = tmp_path / "sweep" / f"s{size}"
+        assert digests(got) == digests(alone)
+        assert (got / "mix.jsonl").read_bytes() == (alone / "mix.jsonl").read_bytes()
+        assert len((got / "mix.jsonl").read_text().splitlines()) == size
+        if size == 4:
+            assert digests(inplace) == digests(alone)
+
+
+@pytest.mark.slow  # real distill.py subprocesses
+def test_min_similarity_leaves_every_sample_accounted_for(library, finished, tmp_path):
+    """cluster.min_similarity=0.3 on hash embeddings: samples with no neighbour that close are
+    unclustered with reason no_similar_sample; every low sample is still in exactly one place."""
+    out = tmp_path / "sim"
+    proc = distill(base_args(library, out) + ["cluster.min_similarity=0.3"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = lambda name: [json.loads(l) for l in (out / name).read_text().splitlines()]  # noqa: E731
+    low = [r["id"] for r in rows("rated.jsonl") if r["score"] < 3.0]
+    clusters, left = rows("clusters.jsonl"), rows("unclustered.jsonl")
+    placed = [m for c in clusters for m in c["member_ids"]] + [r["id"] for r in left]
+    assert sorted(placed) == sorted(low)
+    reasons = {r["reason"] for r in left}
+    assert "no_similar_sample" in reasons  # 0.3 is above some samples' best cosine here
+    n_sim = sum(r["reason"] == "no_similar_sample" for r in left)
+    report = json.loads((out / "report.json").read_text())
+    assert report["unclustered"]["no_similar_sample"] == n_sim
+    # every generated row is accounted for in rerated.jsonl: kept, or dropped with a reason
+    rerated = rows("rerated.jsonl")
+    assert len(rerated) == len(clusters) and all(r["kept"] != bool(r["drop"]) for r in rerated)
+
+
+def test_keep_verdict_by_hand():
+    """The re-rating gate: failures keep their reason; then the keep threshold; then the gain
+    over the cluster's best member must exceed distill.min_gain."""
+    import distill as script
+    from lmmixup.distill.generate import GenerateConfig
+
+    cfg = GenerateConfig(keep_threshold=4.0, min_gain=0.25)
+    ok = {"ok": True, "reason": ""}
+    assert script.keep_verdict({"ok": False, "reason": "template_echo", "score": None}, 3.0, cfg) == "template_echo"
+    assert script.keep_verdict(dict(ok, score=3.9), 1.0, cfg) == "below_keep_threshold"
+    # 4.2 - 3.9 = 0.3 > 0.25: kept; 4.2 - 3.95 = 0.25, not more than 0.25: no_gain
+    assert script.keep_verdict(dict(ok, score=4.2), 3.9, cfg) == ""
+    assert script.keep_verdict(dict(ok, score=4.2), 3.95, cfg) == "no_gain"
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["distill.task=essay"], "distill.task: unknown task 'essay'; known: auto, qa, mcq, tfq, cs, para"),
+    (["cluster.min_similarity=1.5"], "cluster.min_similarity: must be a cosine in [-1, 1], got 1.5"),
+    (["input=sharegpt:20000"], "input: 'sharegpt:20000': the packaged sharegpt pool has 17,330 "
+     "samples (17,671 complete conversations, 17,330 with a question and a reply); ask for at "
+     "most sharegpt:17330"),
+    (["reuse=/nonexistent"], "reuse: no run folder at '/nonexistent'"),
+])
+def test_bad_distill_values_give_one_line_before_anything_is_written(library, tmp_path, extra, message):
+    with pytest.raises(LmmixupError) as e:
+        run_in_process(library, tmp_path / "new", extra)
+    assert str(e.value) == message
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("extra,message", [

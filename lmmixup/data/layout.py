@@ -32,7 +32,9 @@ SHAPES: Dict[str, str] = {
     "mcq": "Q: <question>\nA) <option>\nB) <option>\nC) <option>\nD) <option>\nAnswer: <letter>",
     "tfq": "<question or statement>\nAnswer: <True or False>",
     "cs": "C: <category>\nS: <statement>",
-    "para": "<instruction>\n\n<a free-paragraph response>",
+    # Words, not placeholders: models trained on "<instruction>\n\n<a free-paragraph
+    # response>" copied "<instruction>" into their answers (docs/LOG.md, issue 27).
+    "para": "the instruction on its first line, an empty line, then the response as free text",
 }
 
 

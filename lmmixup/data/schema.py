@@ -39,6 +39,40 @@ def render_pair(task: str, question: str, answer: str) -> str:
     raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
 
 
+# task -> the rendered pair's fields (render_pair's inverse), matched on the stripped text
+_PAIR_FIELDS = {
+    "qa": re.compile(r"Q:\s*(?P<question>.*?)\s+A:\s*(?P<answer>.*)", re.DOTALL),
+    "mcq": re.compile(r"Q:\s*(?P<question>.*?)\s+Answer:\s*(?P<answer>[A-H])\.?", re.DOTALL),
+    "tfq": re.compile(r"(?P<question>.*?)\s+Answer:\s*(?P<answer>True|False)\.?", re.DOTALL),
+    "cs": re.compile(r"C:\s*(?P<answer>.*?)\s+S:\s*(?P<question>.*)", re.DOTALL),
+}
+
+
+def split_pair(task: str, text: str) -> Tuple[str, str]:
+    """A pair text in its task's shape -> (question, answer), render_pair's inverse; ('', '')
+    when the shape's fields are not there. `para` splits at the first blank line (else the
+    first line break), and also takes a pair written as Q:/A:."""
+    text = text.strip()
+    fields = _PAIR_FIELDS.get(task)
+    if fields is not None:
+        m = fields.fullmatch(text)
+        return (m.group("question").strip(), m.group("answer").strip()) if m else ("", "")
+    qa = _PAIR_FIELDS["qa"].fullmatch(text)
+    if qa:
+        return qa.group("question").strip(), qa.group("answer").strip()
+    sep = "\n\n" if "\n\n" in text else "\n"
+    question, _, answer = (part.strip() for part in text.partition(sep))
+    return question, answer
+
+
+def guess_task(text: str) -> str:
+    """The first task whose shape a rendered pair fits (mcq, tfq, cs, qa), else para."""
+    for task in ("mcq", "tfq", "cs", "qa"):
+        if all(split_pair(task, text)):
+            return task
+    return "para"
+
+
 def mcq_question(stem: str, options: Sequence[str]) -> str:
     """Stem followed by one `X) option` line per option (A, B, C, ...)."""
     return stem + "".join(f"\n{LETTERS[i]}) {opt}" for i, opt in enumerate(options))

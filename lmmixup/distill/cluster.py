@@ -27,6 +27,17 @@ k-means, cluster sizes 2-5 with mean 3. Our version, per source, with n unit vec
      of sizes in size_min..size_max (only with a narrow range, e.g. 4..5 and n = 7), or with
      n < size_min: those points go to unclustered.jsonl with the reason.
 
+`cluster.method=agglomerative` is an alternative for pools of near-duplicates (our measure on
+MIXTURE's flattened test clusters: seed purity 0.95 at min_similarity 0.5 against 0.77-0.81
+for k-means over three seeds; docs/LOG.md, issue 27). Per source:
+  1. each point's m = `candidates` most similar points are its candidate edges;
+  2. edges are taken by decreasing cosine (ties by index); an edge joins its two groups when
+     the cosine is >= min_similarity, the joined group has <= size_max members, and the mean
+     cosine over every pair across the two groups is >= min_similarity too (average link:
+     a chain of near neighbours does not pull two different items together);
+  3. groups of >= size_min members are the clusters; the rest go to unclustered.jsonl as
+     no_similar_sample. The sizes are what the data gives (mean_size is not used).
+
 Memory: similarities are computed `chunk_size` points at a time against the k centres (chunk x k
 floats), never n x n; the candidate lists are n x m. Every random draw comes from a generator
 seeded with (seed, source), and ties are broken by index, so the same input gives the same
@@ -46,8 +57,15 @@ import torch
 from lmmixup.errors import require
 
 
+CLUSTER_METHODS = ("kmeans", "agglomerative")
+
+
 @dataclass
 class PoolClusterConfig:
+    method: str = "kmeans"
+    """kmeans: the paper's capacity-limited k-means, sizes drawn around mean_size |
+    agglomerative: average-link merging of near neighbours up to size_max, at min_similarity
+    (purer clusters on pools of near-duplicates; module docstring)"""
     size_min: int = 2
     """fewest samples in a cluster (the paper: 2)"""
     size_max: int = 5
@@ -60,6 +78,9 @@ class PoolClusterConfig:
     """m: nearest centres per point in the first greedy round (doubled each later round)"""
     chunk_size: int = 1024
     """points per similarity block (memory: chunk_size x k floats)"""
+    min_similarity: float = -1.0
+    """a sample whose most similar same-source sample has a lower cosine stays unclustered
+    (reason no_similar_sample): it has nothing to merge with; -1 clusters every sample (the paper)"""
 
     def validate(self) -> None:
         require(2 <= self.size_min <= self.size_max, "cluster.size_min",
@@ -71,6 +92,10 @@ class PoolClusterConfig:
         require(self.kmeans_iters >= 0, "cluster.kmeans_iters", "must be >= 0")
         require(self.candidates > 0, "cluster.candidates", "must be > 0")
         require(self.chunk_size > 0, "cluster.chunk_size", "must be > 0")
+        require(-1 <= self.min_similarity <= 1, "cluster.min_similarity",
+                f"must be a cosine in [-1, 1], got {self.min_similarity}")
+        require(self.method in CLUSTER_METHODS, "cluster.method",
+                f"unknown method {self.method!r}; known: {', '.join(CLUSTER_METHODS)}")
 
 
 class Clustering(NamedTuple):
@@ -177,6 +202,74 @@ def capacity_kmeans(emb: np.ndarray, cfg: PoolClusterConfig, rng: np.random.Gene
     return Clustering(clusters, leftover, reason)
 
 
+def agglomerative(emb: np.ndarray, cfg: PoolClusterConfig) -> Clustering:
+    """Unit vectors (n, D) of one source -> average-link clusters of size_min..size_max whose
+    members are at least min_similarity alike (module docstring)."""
+    n = emb.shape[0]
+    x = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))  # (n, D)
+    m = min(cfg.candidates, n - 1)
+    edges = []  # (-cosine, i, j) with i < j
+    for s in range(0, n, cfg.chunk_size):
+        block = x[s:s + cfg.chunk_size] @ x.T  # (c, n)
+        block[torch.arange(block.shape[0]), torch.arange(s, s + block.shape[0])] = -2.0
+        if m > 0:
+            top = block.topk(m, dim=1)  # (c, m)
+            for r, (sims, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+                edges += [(-c, min(s + r, j), max(s + r, j)) for c, j in zip(sims, idx)]
+    members: Dict[int, List[int]] = {i: [i] for i in range(n)}  # group id -> points
+    owner = list(range(n))
+    for neg, i, j in sorted(set(edges)):
+        if -neg < cfg.min_similarity:
+            break
+        a, b = owner[i], owner[j]
+        if a == b or len(members[a]) + len(members[b]) > cfg.size_max:
+            continue
+        link = (x[members[a]] @ x[members[b]].T).mean().item()  # average over cross pairs
+        if link < cfg.min_similarity:
+            continue
+        a, b = min(a, b), max(a, b)  # the group keeps its lowest id: order-free
+        members[a] += members.pop(b)
+        for p in members[a]:
+            owner[p] = a
+    clusters = sorted(sorted(g) for g in members.values() if len(g) >= cfg.size_min)
+    leftover = sorted(p for g in members.values() if len(g) < cfg.size_min for p in g)
+    return Clustering(clusters, leftover, "no_similar_sample" if leftover else "")
+
+
+def nearest_similarity(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Unit vectors (n, D) -> (n,) each point's highest cosine to another point (-1 when alone);
+    chunk x n similarities at a time."""
+    n = x.shape[0]
+    best = torch.full((n,), -1.0)
+    for s in range(0, n, chunk):
+        block = x[s:s + chunk] @ x.T  # (c, n)
+        block[torch.arange(block.shape[0]), torch.arange(s, s + block.shape[0])] = -2.0  # not itself
+        if n > 1:
+            best[s:s + chunk] = block.max(dim=1).values  # (c,)
+    return best  # (n,)
+
+
+def coherence(emb: np.ndarray, members: Sequence[int]) -> float:
+    """Mean pairwise cosine of a cluster's unit vectors (n, D)[members]: how alike its members
+    are (1 = identical texts, ~0 = unrelated)."""
+    x = np.asarray(emb[list(members)], dtype=np.float64)  # (m, D)
+    sims = x @ x.T  # (m, m)
+    m = len(members)
+    return float((sims.sum() - np.trace(sims)) / (m * (m - 1)))
+
+
+def random_coherence(emb: np.ndarray, sources: Sequence[str], clusters: Sequence[Tuple[str, List[int]]],
+                     seed: int) -> List[float]:
+    """The coherence of random clusters of the same sizes drawn from the same sources' points:
+    what `coherence` reads when clustering finds nothing (the report's baseline)."""
+    rng = np.random.default_rng([seed, 1])
+    by_source: Dict[str, List[int]] = {}
+    for i, s in enumerate(sources):
+        by_source.setdefault(s, []).append(i)
+    return [coherence(emb, rng.choice(by_source[s], size=len(ms), replace=False).tolist())
+            for s, ms in clusters]
+
+
 def source_rng(seed: int, source: str) -> np.random.Generator:
     """One generator per (seed, source): a source's clusters do not depend on the others."""
     return np.random.default_rng([seed, zlib.crc32(source.encode("utf-8"))])
@@ -185,14 +278,24 @@ def source_rng(seed: int, source: str) -> np.random.Generator:
 def cluster_by_source(sources: Sequence[str], emb: np.ndarray, cfg: PoolClusterConfig,
                       seed: int) -> Tuple[List[Tuple[str, List[int]]], List[Tuple[int, str]]]:
     """Points with their source (n,) and unit vectors (n, D) -> ([(source, member indices)],
-    [(index, reason)] for the points left out). Sources in sorted order."""
+    [(index, reason)] for the points left out). Sources in sorted order. With
+    cfg.min_similarity above -1, a point whose best same-source cosine is below it is left out
+    first (no_similar_sample), and the rest are clustered."""
     groups: Dict[str, List[int]] = {}
     for i, s in enumerate(sources):
         groups.setdefault(s, []).append(i)
     clusters, unclustered = [], []
     for source in sorted(groups):
         index = np.asarray(groups[source])  # (n_s,) positions in the input
-        result = capacity_kmeans(emb[index], cfg, source_rng(seed, source))
+        if cfg.min_similarity > -1:  # samples with nothing similar to merge with stay out
+            x = torch.from_numpy(np.ascontiguousarray(emb[index], dtype=np.float32))  # (n_s, D)
+            alike = (nearest_similarity(x, cfg.chunk_size) >= cfg.min_similarity).numpy()  # (n_s,)
+            unclustered += [(int(i), "no_similar_sample") for i in index[~alike]]
+            index = index[alike]
+        if cfg.method == "agglomerative":
+            result = agglomerative(emb[index], cfg)
+        else:
+            result = capacity_kmeans(emb[index], cfg, source_rng(seed, source))
         clusters += [(source, [int(index[i]) for i in ms]) for ms in result.clusters]
         unclustered += [(int(index[i]), result.reason) for i in result.leftover]
     return clusters, unclustered

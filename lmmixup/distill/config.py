@@ -27,6 +27,9 @@ class DistillConfig:
     """the pool: sharegpt:N | selfinstruct:N | a JSONL/JSON file | hf:<dataset id>[:split]"""
     out: str = "runs/distill"
     """output folder; a rerun with the same config resumes, a different config is refused"""
+    reuse: str = ""
+    """an earlier run's out folder: a new out folder copies its complete stages up to the first
+    one a changed key affects (a mix sweep then distils once; lmmixup/distill/state.py)"""
     seed: int = 0
     """seed of the clustering and of the mix's shuffle"""
     device: str = "auto"
@@ -51,6 +54,12 @@ class DistillConfig:
     def validate(self) -> None:
         parse_input(self.input)
         require(bool(self.out), "out", "must name an output folder")
+        if self.reuse:
+            from pathlib import Path
+
+            require(Path(self.reuse).is_dir(), "reuse", f"no run folder at {self.reuse!r}")
+            require(Path(self.reuse).resolve() != Path(self.out).resolve(), "reuse",
+                    "is the out folder itself; a rerun in place already reuses its stages")
         require(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
 
 

@@ -33,6 +33,10 @@ from lmmixup.errors import ConfigError, LmmixupError, require
 from lmmixup.models import package_dir
 
 BUILTIN_POOLS = ("sharegpt", "selfinstruct")
+BUILTIN_SIZES = {"sharegpt": 17_330, "selfinstruct": 175}
+"""samples each built-in pool holds: of ShareGPT's 17,671 complete conversations (the packaged
+file is cut off inside its last record), the 17,330 whose first human turn has a reply;
+Self-Instruct's 175 seed tasks"""
 
 
 @dataclass
@@ -62,6 +66,10 @@ def parse_input(spec: str) -> PoolSpec:
     if head in BUILTIN_POOLS:
         require(tail.isdigit() and int(tail) > 0, "input",
                 f"{spec!r}: the built-in pool needs a size, e.g. {head}:2000")
+        require(int(tail) <= BUILTIN_SIZES[head], "input",
+                f"{spec!r}: the packaged {head} pool has {BUILTIN_SIZES[head]:,} samples"
+                + (" (17,671 complete conversations, 17,330 with a question and a reply)"
+                   if head == "sharegpt" else "") + f"; ask for at most {head}:{BUILTIN_SIZES[head]}")
         return PoolSpec("builtin", head, limit=int(tail))
     if head == "hf":
         name, _, split = tail.partition(":")
@@ -288,11 +296,12 @@ def question_text(instruction: str, inp: str) -> str:
 
 
 def pair_text(row: Dict[str, Any]) -> str:
-    """What is rated and embedded: the sample as a `para` pair (question, blank line, output),
-    the shape the MIXTURE library's free-text rows have (lmmixup.data.schema.render_pair)."""
+    """What is rated and embedded: the sample in its task's shape (row["task"], detected when
+    the pool is read), the shape the MIXTURE library's rows of that task have
+    (lmmixup.data.schema.render_pair); for a distilled pair, its answer block."""
     from lmmixup.data.schema import render_pair
 
-    return render_pair("para", question_text(row["instruction"], row["input"]), row["output"])
+    return render_pair(row["task"], question_text(row["instruction"], row["input"]), row["output"])
 
 
 def check_input(spec: PoolSpec) -> None:

@@ -1,64 +1,96 @@
-"""Distilling a cluster: the training prompt layout, the rollout engine, the parsed pair.
+"""Distilling a cluster: the evaluation path's prompt, the rollout engine, the parsed pair.
 
-Each cluster's members are rendered with `lmmixup.data.layout.prompt_messages`, the same
-function that builds MIXTURE's training prompts, as `para` pairs (a pool sample is an
-instruction and a free-text output). Generation is `lmmixup.step.sample` with the greedy
-settings held-out evaluation uses (temperature 1, top_k 1: the argmax), one completion per
-cluster, on the configured rollout engine: the code training samples with.
+The product path is the evaluation path (issue 27). Each cluster is rendered with
+`lmmixup.data.layout.prompt_messages`, the function that builds MIXTURE's training and
+held-out prompts, in the layout of the task its members are (`lmmixup.distill.task`:
+qa | mcq | tfq | cs | para, or `distill.task` forced). Generation is `lmmixup.step.sample`
+with held-out evaluation's greedy settings (temperature 1, top_k 1: the argmax), one completion
+per cluster, on the configured rollout engine: the code training samples with.
+`benchmarks/distill_parity.py` checks that the two paths score alike on MIXTURE's test split.
+
+Budget. A completion stops at its first `</answer>` (a stop sequence of the static engine; the
+text is cut there for any engine), and each cluster gets its own token budget,
+    budget = 40 + 24 k + 1.5 * (tokens of its longest member pair),   capped by distill.max_new_tokens
+for k members: a think block of one note line per member (MIXTURE's targets: a median of 19
+tokens per member, at most 30) and a pair up to 1.5x the longest member (targets: a median of
+0.98x, at most 1.67x). No SFT target of the default MIXTURE build exceeds 40 + 24 k + 1.2 x.
+A completion cut by its budget is `truncated`, the same whatever batch it ran in.
 
 Members are cut to `distill.member_chars` characters each for the question and the output
 (ShareGPT replies run to thousands of characters); a cluster whose prompt is still longer than
 `distill.max_prompt_tokens` is not generated and is kept with reason prompt_too_long.
 
 Parsing the completion (the rewards' rule: the last complete `<answer>...</answer>` block):
-    no_answer   no complete answer block, and the completion ended by itself
-    truncated   no complete answer block, and the completion hit distill.max_new_tokens
-    empty       an answer block with nothing in it
-    no_output   the block holds no instruction/output split: "Q: ... A: ..." or an instruction,
-                a blank line (or else a line break) and the output
+    no_answer    no complete answer block, and the completion ended by itself
+    truncated    no complete answer block, and the completion hit its budget
+    empty        an answer block with nothing in it
+    wrong_shape  the block does not have its task's shape (the format reward's own check,
+                 lmmixup.rewards.task_format)
+    no_output    the shape holds no instruction/output split
+then the pair is checked for degenerate content (lmmixup.distill.degenerate: notes_in_answer,
+template_echo, answer_repeats_question, repetition, copied_member), each its own reason.
+A parsed pair is (instruction, output) in the pool's own convention, the inverse of
+`lmmixup.data.schema.render_pair`: qa Q/A; mcq the stem with its option lines / the letter;
+tfq the statement / True|False; cs the statement / the category; para the first paragraph /
+the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 from lmmixup.data.layout import prompt_messages
+from lmmixup.data.schema import split_pair
+from lmmixup.distill.degenerate import DEGENERATE_REASONS, degenerate_reason
 from lmmixup.distill.formats import question_text
+from lmmixup.distill.task import TASK_CHOICES, cluster_task
 from lmmixup.errors import require
 from lmmixup.rewards.answer import extract_answer
+from lmmixup.rewards.task_format import answer_matches_task
 from lmmixup.rollout import RolloutConfig
 
-FAILURE_REASONS = ("no_answer", "truncated", "empty", "no_output", "prompt_too_long")
-TASK = "para"
+PARSE_FAILURES = ("no_answer", "truncated", "empty", "wrong_shape", "no_output", "prompt_too_long")
+FAILURE_REASONS = PARSE_FAILURES + DEGENERATE_REASONS
+ANSWER_CLOSE = "</answer>"
+BUDGET_BASE, BUDGET_PER_MEMBER, BUDGET_PAIR_FACTOR = 40, 24, 1.5  # module docstring, "Budget"
 _EMPTY_BLOCK = re.compile(r"<answer>\s*</answer>")
-_QA = re.compile(r"^Q:\s*(.*?)\n\s*A:\s*(.*)$", re.DOTALL)
-
-
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 @dataclass
 class GenerateConfig:
     engine: str = "static"
     """rollout engine: static (ours) | hf (transformers generate)"""
+    task: str = "auto"
+    """layout each cluster is rendered, rated and parsed in: auto (detected from its members,
+    lmmixup/distill/task.py) | qa | mcq | tfq | cs | para (forced for every cluster)"""
     batch_size: int = 8
     """clusters per rollout call, which is also one resumable shard"""
-    max_new_tokens: int = 384
-    """token budget of a distilled completion (think + answer); longer ones are truncated"""
+    max_new_tokens: int = 512
+    """cap of a cluster's token budget (think + answer; the budget itself follows the members'
+    lengths, module docstring); longer completions are truncated"""
     max_prompt_tokens: int = 1280
     """clusters whose prompt is longer are kept as failures (prompt_too_long), not generated"""
     member_chars: int = 400
     """each member's question and output are cut to this many characters in the prompt"""
     keep_threshold: float = 4.0
     """distilled pairs re-rated at or above this are kept for the mix"""
+    min_gain: float = 0.0
+    """a pair is kept only when its rating beats its cluster's best member's by more than this
+    (distillation that does not beat its best member adds nothing over selecting it)"""
 
     def validate(self) -> None:
         require(self.engine in ("static", "hf"), "distill.engine", "must be static or hf")
+        require(self.task in TASK_CHOICES, "distill.task",
+                f"unknown task {self.task!r}; known: {', '.join(TASK_CHOICES)}")
         require(self.batch_size > 0, "distill.batch_size", "must be > 0")
         require(self.max_new_tokens > 0, "distill.max_new_tokens", "must be > 0")
         require(self.max_prompt_tokens > 0, "distill.max_prompt_tokens", "must be > 0")
         require(self.member_chars >= 20, "distill.member_chars", "must be >= 20")
         require(0 <= self.keep_threshold <= 5, "distill.keep_threshold", "must be in [0, 5]")
+        require(-5 <= self.min_gain <= 5, "distill.min_gain", "must be in [-5, 5]")
 
 
 def clip(text: str, limit: int) -> str:
@@ -70,11 +102,23 @@ def clip(text: str, limit: int) -> str:
     return (cut[:space] if space > limit // 2 else cut).rstrip() + "…"
 
 
-def cluster_messages(members: Sequence[Dict], member_chars: int) -> List[Dict[str, str]]:
-    """Pool rows of one cluster -> the distillation prompt (chat messages), training's layout."""
-    pairs = [(clip(question_text(m["instruction"], m["input"]), member_chars),
-              clip(m["output"], member_chars)) for m in members]
-    return prompt_messages(pairs, TASK)
+def member_pairs(members: Sequence[Dict], member_chars: int) -> List[Tuple[str, str]]:
+    """Pool rows of one cluster -> (question, answer) as the prompt shows them."""
+    return [(clip(question_text(m["instruction"], m["input"]), member_chars),
+             clip(m["output"], member_chars)) for m in members]
+
+
+class ClusterPrompt(NamedTuple):
+    task: str  # the layout the cluster is rendered and parsed in
+    members: List[Tuple[str, str]]  # (question, answer) as shown
+    messages: List[Dict[str, str]]  # the chat prompt, training's layout
+
+
+def cluster_prompt(members: Sequence[Dict], cfg: GenerateConfig) -> ClusterPrompt:
+    """Pool rows of one cluster -> its task and distillation prompt (training's layout)."""
+    pairs = member_pairs(members, cfg.member_chars)
+    task = cluster_task(pairs, cfg.task)
+    return ClusterPrompt(task, pairs, prompt_messages(pairs, task))
 
 
 class Parsed(NamedTuple):
@@ -82,62 +126,109 @@ class Parsed(NamedTuple):
     reason: str  # '' when ok, else one of FAILURE_REASONS
     instruction: str
     output: str
+    answer: str  # the whole answer block ('' when there is none)
 
 
-def parse_distilled(completion: str, truncated: bool) -> Parsed:
+def parse_distilled(completion: str, truncated: bool, task: str,
+                    members: Sequence[Tuple[str, str]]) -> Parsed:
     """A completion -> the distilled instruction and output, or the reason there are none."""
     answer = extract_answer(completion)
     if answer is None:
         if _EMPTY_BLOCK.search(completion):
-            return Parsed(False, "empty", "", "")
-        return Parsed(False, "truncated" if truncated else "no_answer", "", "")
-    qa = _QA.match(answer)
-    if qa:
-        instruction, output = qa.group(1).strip(), qa.group(2).strip()
-    else:
-        sep = "\n\n" if "\n\n" in answer else "\n"
-        instruction, _, output = (part.strip() for part in answer.partition(sep))
+            return Parsed(False, "empty", "", "", "")
+        return Parsed(False, "truncated" if truncated else "no_answer", "", "", "")
+    if not answer_matches_task(answer, task):
+        return Parsed(False, "wrong_shape", "", "", answer)
+    instruction, output = split_pair(task, answer)  # the pool's (question, answer) convention
     if not instruction or not output:
-        return Parsed(False, "no_output", instruction, output)
-    return Parsed(True, "", instruction, output)
+        return Parsed(False, "no_output", instruction, output, answer)
+    reason = degenerate_reason(answer, instruction, output, members)
+    return Parsed(not reason, reason, instruction, output, answer)
 
 
-def greedy_rollout_config(cfg: GenerateConfig) -> RolloutConfig:
+def greedy_rollout_config(cfg: GenerateConfig, max_new_tokens: int) -> RolloutConfig:
     """Held-out evaluation's greedy settings (lmmixup/evaluate.py) on distill's budget."""
-    return dataclasses.replace(RolloutConfig(engine=cfg.engine, max_new_tokens=cfg.max_new_tokens),
+    return dataclasses.replace(RolloutConfig(engine=cfg.engine, max_new_tokens=max_new_tokens),
                                temperature=1.0, top_k=1, top_p=1.0)
+
+
+def token_lengths(tokenizer, texts: Sequence[str]) -> List[int]:
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 def prompt_lengths(tokenizer, prompts: Sequence[List[Dict[str, str]]]) -> List[int]:
     from lmmixup.data.prompts import PromptRow, render_prompt
 
-    texts = [render_prompt(tokenizer, PromptRow(prompt=p)) for p in prompts]
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return token_lengths(tokenizer, [render_prompt(tokenizer, PromptRow(prompt=p)) for p in prompts])
+
+
+def token_budget(tokenizer, members: Sequence[Tuple[str, str]], cap: int) -> int:
+    """The cluster's completion budget (module docstring, "Budget")."""
+    longest = max(token_lengths(tokenizer, [f"Q: {q}\nA: {a}" for q, a in members]))
+    return min(cap, BUDGET_BASE + BUDGET_PER_MEMBER * len(members)
+               + math.ceil(BUDGET_PAIR_FACTOR * longest))
+
+
+def stop_sequences(tokenizer) -> List[List[int]]:
+    """The token ids `</answer>` takes after a word, a space or a newline (SmolLM2: '</' or
+    ' </', then 'answer', '>'), each once."""
+    out: List[List[int]] = []
+    for before in ("x", "x ", "x\n"):
+        alone, joined = tokenizer([before, before + ANSWER_CLOSE], add_special_tokens=False)["input_ids"]
+        common = 0  # "x " is [x, " "] alone but [x, " </", ...] joined: keep the shared head only
+        while common < min(len(alone), len(joined)) and alone[common] == joined[common]:
+            common += 1
+        ids = joined[common:]
+        if ids and ids not in out:
+            out.append(ids)
+    return out
+
+
+def cut_at_answer_close(text: str) -> Tuple[str, bool]:
+    """(text up to and including its first `</answer>`, whether one was there)."""
+    end = text.find(ANSWER_CLOSE)
+    return (text, False) if end < 0 else (text[: end + len(ANSWER_CLOSE)], True)
+
+
+def think_tokens(tokenizer, completion: str) -> int:
+    """Tokens inside the completion's first <think> block (0 when it has none)."""
+    m = _THINK.search(completion)
+    return token_lengths(tokenizer, [m.group(1).strip()])[0] if m else 0
 
 
 class Generation(NamedTuple):
-    completion: str  # decoded text, special tokens stripped ('' when not generated)
-    truncated: bool  # hit distill.max_new_tokens before the stop token
+    completion: str  # decoded text up to its first </answer>, special tokens stripped
+    truncated: bool  # hit the cluster's budget before </answer> or the stop token
     tokens: int  # completion tokens, stop token included
     prompt_tokens: int  # the rendered prompt's length; over max_prompt_tokens = not generated
+    budget: int  # the cluster's token budget (0 when not generated)
+    think_tokens: int  # tokens of the think block
 
 
-def distill_batch(model, tokenizer, prompts: Sequence[List[Dict[str, str]]], cfg: GenerateConfig,
+def distill_batch(model, tokenizer, prompts: Sequence[ClusterPrompt], cfg: GenerateConfig,
                   stop_ids: Sequence[int], device) -> List[Generation]:
-    """B prompts -> B generations in one greedy rollout call (prompts that are too long skip it)."""
+    """B cluster prompts -> B generations in one greedy rollout call (prompts that are too
+    long skip it). Each row is then held to its own budget, so what a cluster gets does not
+    depend on the batch it ran in."""
     from lmmixup.data.prompts import PromptRow
-    from lmmixup.step import reward_batch, sample
+    from lmmixup.step import sample
 
-    lengths = prompt_lengths(tokenizer, prompts)
-    out = [Generation("", False, 0, n) for n in lengths]
+    lengths = prompt_lengths(tokenizer, [p.messages for p in prompts])
+    out = [Generation("", False, 0, n, 0, 0) for n in lengths]
     fits = [i for i, n in enumerate(lengths) if n <= cfg.max_prompt_tokens]
     if not fits:
         return out
-    rows = [PromptRow(prompt=list(prompts[i]), task=TASK) for i in fits]
-    rollout = sample(model, tokenizer, rows, greedy_rollout_config(cfg), 1, stop_ids,
-                     cfg.max_prompt_tokens, "clusters.jsonl", device)
-    texts = reward_batch(tokenizer, rollout, rows, 1)  # decodes, special tokens stripped
+    budgets = {i: token_budget(tokenizer, prompts[i].members, cfg.max_new_tokens) for i in fits}
+    rows = [PromptRow(prompt=list(prompts[i].messages), task=prompts[i].task) for i in fits]
+    rollout = sample(model, tokenizer, rows, greedy_rollout_config(cfg, max(budgets.values())), 1,
+                     stop_ids, cfg.max_prompt_tokens, "clusters.jsonl", device,
+                     stop_sequences=stop_sequences(tokenizer))
+    ids = rollout.completion_ids.masked_fill(rollout.completion_mask == 0, tokenizer.pad_token_id)
     for j, i in enumerate(fits):
-        out[i] = Generation(texts.completions[j], bool(rollout.truncated[j]),
-                            texts.completion_tokens[j], lengths[i])
+        own = ids[j, : budgets[i]]  # (budget,) the row as its own budget would have cut it
+        length = int(rollout.completion_mask[j].sum())  # tokens up to its stop, or all it ran
+        stopped = not bool(rollout.truncated[j]) and length <= budgets[i]
+        text, closed = cut_at_answer_close(tokenizer.decode(own.tolist(), skip_special_tokens=True))
+        out[i] = Generation(text, not (stopped or closed), min(length, budgets[i]), lengths[i],
+                            budgets[i], think_tokens(tokenizer, text))
     return out

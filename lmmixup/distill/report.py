@@ -4,7 +4,12 @@
     scores       histogram of the pool's ratings (rated.jsonl) and of the distilled pairs'
                  re-ratings (distilled.jsonl): scores.png
     cluster sizes                                                   cluster_sizes.png
-    failures     generation failures by reason                      failures.png
+    coherence    each cluster's mean pairwise cosine, beside random clusters of the same
+                 sizes from the same samples                        coherence.png
+    tasks        the layout each cluster was rendered in (qa, mcq, tfq, cs, para)
+    failures     generation failures by reason, degenerate pairs included   failures.png
+    kept         why re-rated pairs were not kept (a failure, below_keep_threshold, no_gain)
+    think        the median think-block length in tokens
     seconds      wall time of each stage (of the process that finished it)
     examples     the best-ranked distilled pairs with the cluster they came from
 The plots carry no timestamps, so the same run draws the same bytes.
@@ -21,7 +26,7 @@ import numpy as np
 from lmmixup.data.jsonl import atomic_open, atomic_write_text, iter_jsonl
 
 BINS = np.linspace(0.0, 5.0, 11)  # score bins of width 0.5
-PLOTS = ("scores.png", "cluster_sizes.png", "failures.png")
+PLOTS = ("scores.png", "cluster_sizes.png", "coherence.png", "failures.png")
 N_EXAMPLES = 3
 
 
@@ -52,6 +57,21 @@ def _plots(out: Path, report: Dict) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, out / "scores.png")
+    plt.close(fig)
+
+    coh = report["coherence"]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    edges = np.linspace(-0.2, 1.0, 13)
+    mids = (edges[:-1] + edges[1:]) / 2
+    for shift, key, label in ((-0.022, "clusters", "clusters"), (0.022, "random", "random, same sizes")):
+        hist = np.asarray(coh[key]["hist"] or [0] * len(mids), dtype=float)
+        ax.bar(mids + shift, hist / max(hist.sum(), 1), width=0.044, label=label)
+    ax.set_xlabel("mean pairwise cosine within a cluster")
+    ax.set_ylabel("fraction")
+    ax.set_title("Cluster coherence")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, out / "coherence.png")
     plt.close(fig)
 
     for name, data, title, xlabel in (
@@ -93,7 +113,13 @@ def build_report(out: Path, state, cfg) -> Dict:
                    "pool_mean": round(float(np.mean(pool)), 4) if pool else None,
                    "distilled_mean": round(float(np.mean(distilled)), 4) if distilled else None},
         "cluster_sizes": counts["cluster"]["sizes"],
+        "coherence": {"clusters": counts["cluster"]["coherence"],
+                      "random": counts["cluster"]["coherence_random"]},
+        "unclustered": counts["cluster"]["unclustered_reasons"],
+        "tasks": counts["generate"]["tasks"],
         "failures": counts["generate"]["failures"],
+        "not_kept": counts["rerate"]["dropped"],
+        "think_tokens_median": counts["generate"]["think_tokens_median"],
         "seconds": state.seconds(),
         "examples": _examples(out),
     }
@@ -108,9 +134,17 @@ def _markdown(report: Dict) -> str:
     for stage, numbers in c.items():
         shown = ", ".join(f"{k} {v}" for k, v in numbers.items())
         lines.append(f"| {stage} | {shown} | {report['seconds'].get(stage, '')} |")
-    s = report["scores"]
+    s, coh = report["scores"], report["coherence"]
+    shown = lambda d: ", ".join(f"{k} {v}" for k, v in d.items()) or "none"  # noqa: E731
     lines += ["", f"Mean score: pool {s['pool_mean']}, distilled pairs {s['distilled_mean']}.", "",
-              "![scores](scores.png) ![cluster sizes](cluster_sizes.png) ![failures](failures.png)",
+              f"Cluster coherence (mean pairwise cosine): mean {coh['clusters']['mean']}, median "
+              f"{coh['clusters']['median']}; random clusters of the same sizes: mean "
+              f"{coh['random']['mean']}, median {coh['random']['median']}.", "",
+              f"Unclustered: {shown(report['unclustered'])}. Tasks: {shown(report['tasks'])}. "
+              f"Median think block: {report['think_tokens_median']} tokens.", "",
+              f"Failures: {shown(report['failures'])}. Not kept: {shown(report['not_kept'])}.", "",
+              "![scores](scores.png) ![cluster sizes](cluster_sizes.png) "
+              "![coherence](coherence.png) ![failures](failures.png)",
               "", "## Examples (best-ranked distilled pairs)"]
     for ex in report["examples"]:
         lines += ["", f"### {ex['cluster_id']} (score {ex['score']}, long tail {ex['long_tail']})", ""]

@@ -9,10 +9,17 @@ written after the stage's files (each file itself atomically), so a kill between
 repeats the stage.
 
 Reusing a folder. Every config key belongs to the first stage that reads it (`KEY_STAGES`,
-longest prefix wins). A rerun whose config differs from config.json is refused, naming the
-changed keys, when any of those stages is complete: its files were made with the old values.
-A change that only touches stages not yet complete (say `mix.size` after the mix stage stopped
-because the pool could not fill it) is accepted, and those stages and every later one rerun.
+longest prefix wins). A rerun whose config differs from config.json reruns the stage of the
+first changed key and every later one, when that costs little (`CHEAP_STAGES`: re-rating the
+distilled pairs and what follows); a change to a key of a complete expensive stage (the pool,
+the rating, the clusters, the generation) is refused, naming the keys, because those files were
+made with the old values and cost minutes to hours to remake: use another out folder.
+
+Reusing another folder (`reuse=DIR`). A new out folder takes from DIR every complete stage that
+comes before the first stage whose keys differ between DIR's config and this run's, files
+checked against DIR's recorded hashes, then runs the rest. So a mix sweep costs one
+distillation: `-m mix.distilled_fraction=0.3,0.5,0.7 'out=runs/f${mix.distilled_fraction}'
+reuse=runs/base` copies everything up to the long-tail ranking from runs/base.
 
 `kill_point(name)` is the test hook: with LMMIXUP_DISTILL_KILL=<name> in the environment the
 process SIGKILLs itself there, exactly like an outside `kill -9`.
@@ -42,12 +49,16 @@ KEY_STAGES: Dict[str, str] = {
     "model": "generate",
     "device": "generate",
     "distill": "generate",
+    "distill.task": "normalize",  # each sample is rated in its task's shape
     "distill.keep_threshold": "rerate",
+    "distill.min_gain": "rerate",
     "longtail": "longtail",
     "mix": "mix",
     "report": "report",
 }
-FREE_KEYS = ("out", "progress")
+CHEAP_STAGES = ("rerate", "longtail", "mix", "report")
+"""stages redone in place when one of their keys changes (seconds, not hours)"""
+FREE_KEYS = ("out", "progress", "reuse")
 """keys that never change what is written: they may differ between a run and its resume"""
 KILL_ENV = "LMMIXUP_DISTILL_KILL"
 
@@ -151,7 +162,8 @@ def check_out_folder(out: Path, config: Dict[str, Any], state: RunState) -> None
     if not changes:
         return
     stages = {k: stage_of(k) for k, _, _ in changes}
-    blocking = [(k, a, b) for k, a, b in changes if stages[k] is None or state.done(stages[k])]
+    blocking = [(k, a, b) for k, a, b in changes if stages[k] is None
+                or state.done(stages[k]) and stages[k] not in CHEAP_STAGES]
     if blocking:
         listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, a, b in blocking[:6])
         more = f" and {len(blocking) - 6} more" if len(blocking) > 6 else ""
@@ -160,6 +172,46 @@ def check_out_folder(out: Path, config: Dict[str, Any], state: RunState) -> None
     first = min((STAGES.index(s) for s in stages.values() if s), default=None)
     if first is not None:
         state.invalidate_from(STAGES[first])
+
+
+def first_changed_stage(old: Dict[str, Any], new: Dict[str, Any]) -> int:
+    """Index in STAGES of the first stage a changed key belongs to (len(STAGES) when none; 0
+    when a changed key belongs to no stage, so nothing can be trusted)."""
+    stages = [stage_of(k) for k, _, _ in changed_keys(old, new)]
+    if any(s is None for s in stages):
+        return 0
+    return min((STAGES.index(s) for s in stages), default=len(STAGES))
+
+
+def reuse_stages(source: Path, out: Path, config: Dict[str, Any]) -> List[str]:
+    """Copy into the new folder `out` the complete stages of the run in `source` that come
+    before its first changed stage (module docstring); returns their names. Each file is
+    checked against source's recorded hash; out gets config.json and state.json."""
+    import shutil
+
+    if not (source / "config.json").is_file():
+        raise LmmixupError(f"reuse: {source} holds no distill run (no config.json)")
+    old = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    src = RunState(source)
+    taken = []
+    for stage in STAGES[:first_changed_stage(old, config)]:
+        if not src.done(stage):  # a stage is only as good as the ones before it
+            break
+        taken.append(stage)
+    if not taken:
+        return []
+    dst = RunState(out)
+    for stage in taken:
+        for name in src.records[stage]["files"]:
+            target = out / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(source / name, tmp)
+            os.replace(tmp, target)
+        dst.records[stage] = src.records[stage]
+    # the hashes just copied are re-checked by dst.done() before any stage is skipped
+    atomic_write_text(dst.path, json.dumps(dst.records, indent=1, sort_keys=True))
+    return taken
 
 
 class DoneList:

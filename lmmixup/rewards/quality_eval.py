@@ -72,6 +72,43 @@ def held_out_pairs(split_file: Path) -> HeldOutPairs:
                         clean=torch.tensor(clean))
 
 
+def held_out_degenerate(split_file: Path) -> HeldOutPairs:
+    """Each row's clean reference against degenerate answers made from that row's own held-out
+    material (clean = the reference; scores 5 and 0): its target's real think notes as the
+    pair; the prompt's shape line; a member header over a member; the question as its own
+    answer (qa, para); the reference said twice; the reference cut at half its words.
+    No text of the split is in the library, and the notes come from lmmixup/data/notes.py,
+    not from the generator the scorer's score-0 rows come from (rewards/degenerate_rows.py)."""
+    from lmmixup.data.jsonl import iter_jsonl
+    from lmmixup.data.layout import SHAPES
+    from lmmixup.data.schema import render_pair, split_pair
+
+    texts, scores, cluster, clean = [], [], [], []
+    for c, (lineno, row) in enumerate(iter_jsonl(split_file)):
+        try:
+            ref, task = row["reference"], row["task"]
+            notes = row["target"].split("<think>")[1].split("</think>")[0].strip()
+            first = row["members"][0]
+            member = render_pair(task, first["question"], first["answer"])
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise LmmixupError(f"{split_file}:{lineno}: not a MIXTURE row ({e})") from e
+        question, _ = split_pair(task, ref)
+        words = ref.split(" ")
+        bad = [notes, f"Write the merged pair in this shape:\n{SHAPES[task]}",
+               f"Pair 1:\n{member}", f"{ref}\n{ref}", " ".join(words[: max(1, len(words) // 2)])]
+        if task in ("qa", "para") and question:
+            bad.append(render_pair(task, question, question))
+        for text, score, is_clean in [(ref, 5, True)] + [(t, 0, False) for t in bad]:
+            texts.append(text)
+            scores.append(score)
+            cluster.append(c)
+            clean.append(is_clean)
+    if not texts:
+        raise LmmixupError(f"{split_file}: no rows")
+    return HeldOutPairs(texts=texts, scores=torch.tensor(scores), cluster=torch.tensor(cluster),
+                        clean=torch.tensor(clean))
+
+
 def cluster_win_rates(expected: torch.Tensor, pairs: HeldOutPairs) -> torch.Tensor:
     """E (P,) -> win_c (C,): per cluster with >= 1 own member, the share of its members that the
     clean reference out-scores (ties count half). Clusters without a member are left out."""

@@ -15,7 +15,7 @@ Features z(x) of a text (standardised with the training rows' mean and std):
       processes): filler and hedging phrases, vague words, templated rewordings, "...";
     - U surface statistics (SURFACE below): out-of-vocabulary word rate against the embedder's
       own tokenizer vocabulary (typos), capitals, inner capitals, punctuation runs, ellipses,
-      repeated trigrams (an answer said twice), length;
+      repeated trigrams (an answer said twice), length, a last line left open (a cut);
     - the reward embedder's sentence embedding (D; `reward.quality.learned.embedding=false`
       drops it): embedding the library once costs minutes, cached by content, and it adds
       ~0.01-0.02 of paired AUC (docs/LOG.md).
@@ -23,6 +23,8 @@ Model: all-threshold ordinal regression (Rennie & Srebro 2005, "Loss functions f
 levels: regression with discrete ordered labels"), linear in z:
     f = w . z + c;   P(s > t) = sigmoid(f - b_t), t = 0..4,  b_t = b_0 + sum_{u<=t} softplus(d_u)
     loss = sum_rows v_row sum_t BCE(P(s > t), [s > t]) / sum v  +  l2 * |w|^2
+    rows: the library's, plus (learned.degenerate) one score-0 degenerate text per clean row
+    (rewards/degenerate_rows.py: template echoes, notes, repeats, cuts, question as answer)
     v_row = 1, or (balance) L / (#classes * #rows of its score): each score counts equally, so
     the ~6 degraded rows per original do not pull every clean-looking text's E below 4
     E = sum_t P(s > t)  in (0, 5)      (the expected score: ordered b make P(s > t) a survival
@@ -54,10 +56,12 @@ import torch
 
 from lmmixup.data.jsonl import sha256_file
 from lmmixup.errors import LmmixupError, require
+from lmmixup.rewards.degenerate_rows import degenerate_texts
 from lmmixup.rewards.quality_library import (NUM_SCORES, atomic_torch_save, library_embeddings,
                                              read_library)
 
-FEATURES_VERSION = 1  # bump when a feature's definition changes: old model files go stale
+FEATURES_VERSION = 2  # bump when a feature's definition changes: old model files go stale
+# 2: ends_open (a text cut mid-sentence); score-0 degenerate rows (learned.degenerate)
 
 
 @dataclass
@@ -72,6 +76,10 @@ class LearnedQualityConfig:
     """weight rows so every score 0..5 counts equally (MIXTURE has ~6 degraded rows per original)"""
     max_iter: int = 200
     """L-BFGS iterations of the full-batch fit"""
+    degenerate: bool = True
+    """also train on one score-0 degenerate text per clean library text (template echoes,
+    think notes, repeats, cuts, the question as its answer; rewards/degenerate_rows.py), so
+    text that is not an answer scores low"""
 
     def validate(self) -> None:
         require(self.buckets > 0, "reward.quality.learned.buckets", "must be > 0")
@@ -148,6 +156,13 @@ def _log_words(text: str) -> float:
     return math.log1p(len(_words(text)))
 
 
+def _ends_open(text: str) -> float:
+    """1 when the last line has >= 4 words and no closing mark: a text cut mid-sentence
+    ("Answer: C" and other short last lines do not count)"""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return float(bool(lines) and len(_words(lines[-1])) >= 4 and lines[-1][-1] not in ".?!)\"'`]*:")
+
+
 def _last_line_share(text: str) -> float:
     """words on the last line / all words: a cut or a doubled answer moves it"""
     lines = [line for line in text.strip().splitlines() if line.strip()]
@@ -166,6 +181,7 @@ SURFACE: Dict[str, Callable[[str], float]] = {
     "repeat_trigram_rate": _repeat_trigram_rate,
     "log_words": _log_words,
     "last_line_share": _last_line_share,
+    "ends_open": _ends_open,
 }
 SURFACE_NAMES = ("oov_rate",) + tuple(SURFACE)  # the U columns, in order
 
@@ -317,6 +333,12 @@ class LearnedQuality:
                 self.model = None
         if self.model is None:
             emb = library_embeddings(library, texts, embedder).cpu() if cfg.embedding else None
+            if cfg.degenerate:  # score-0 rows of text that is not an answer (module docstring)
+                extra = degenerate_texts(texts, scores.tolist())
+                if cfg.embedding:
+                    emb = torch.cat([emb, embedder.encode_many(extra).float().cpu()])
+                texts = list(texts) + extra
+                scores = torch.cat([scores, torch.zeros(len(extra), dtype=torch.long)])
             self.model = fit_ordinal(self._features(texts, emb), scores, l2=cfg.l2,
                                      max_iter=cfg.max_iter,
                                      row_weights=balanced_weights(scores) if cfg.balance else None)
