@@ -82,8 +82,8 @@ class DownstreamConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     """lm-eval settings, the same for every set"""
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
-    """train.py's precision for every fine-tune; precision.train also for the benchmarks'
-    forwards (bf16 autocast when it resolves to bf16; lmmixup/precision.py)"""
+    """train.py's precision for every fine-tune (lmmixup/precision.py). The benchmarks score in
+    the model's own dtype: under CPU autocast lm-eval's log-softmax would run in bf16"""
 
     def validate(self) -> None:
         require(bool(self.distilled), "distilled", "must name a distill.py output folder")

@@ -101,7 +101,7 @@ def train_set(cfg: DownstreamConfig, name: str, data: Path, steps: int, run_dir:
 def eval_settings(cfg: DownstreamConfig) -> dict:
     e = cfg.eval
     return {"limit": e.limit, "batch_size": e.batch_size, "max_gen_toks": e.max_gen_toks,
-            "seed": e.seed, "precision": cfg.precision.train}
+            "seed": e.seed}
 
 
 def score_set(cfg: DownstreamConfig, name: str, model_dir: Path, out: Path) -> Dict[str, BenchmarkScores]:
@@ -109,7 +109,6 @@ def score_set(cfg: DownstreamConfig, name: str, model_dir: Path, out: Path) -> D
     import torch
 
     from lmmixup.models import load_model, load_tokenizer
-    from lmmixup.precision import autocast, resolve_precision
 
     settings = eval_settings(cfg)
     done, todo = {}, []
@@ -131,9 +130,7 @@ def score_set(cfg: DownstreamConfig, name: str, model_dir: Path, out: Path) -> D
         model.config.use_cache = True  # generation (GSM8K, IFEval) wants the KV cache
         for bench in todo:
             t0 = time.time()
-            # the benchmarks' forwards at the fine-tunes' precision (bf16: under autocast)
-            with autocast(resolve_precision(cfg.precision.train, device), device.type):
-                scores = evaluate_benchmark(model, tokenizer, bench, cfg.eval)
+            scores = evaluate_benchmark(model, tokenizer, bench, cfg.eval)
             atomic_write_text(out / f"{bench}.json", json.dumps(
                 {"settings": settings, "scores": scores.to_json()}) + "\n")
             print(f"{name}/{bench}: {scores.aggregate:.3f} on {len(scores.scores)} examples "
