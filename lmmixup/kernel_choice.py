@@ -12,13 +12,15 @@ Both kernels compute the same products up to float rounding.
 The same probe decides what `precision.train=auto` and `precision.rollout=auto` mean on this
 CPU (lmmixup/precision.py). It times fp32 against bf16 GEMMs at SmolLM2-135M's shapes (K = 576
 inputs; N = 1,536 for the MLP, 49,152 for the lm_head): training forwards at M = 256 and 1,024
-rows, decode steps at M = 16, each dtype through the kernel it would run (fp32: the kernel chosen
-above; bf16 training: F.linear on bf16 copies, what torch.autocast runs, the casts included;
-bf16 decode: oneDNN's prepacked bf16 GEMM, what the engine's bf16 sampler runs). bf16 is chosen
-where its summed time is at least BF16_MIN_SPEEDUP times lower. On an Intel Xeon with AMX the
-training shapes ran 2.7-4.7x faster in bf16 (issue 22); a CPU without bf16 units only emulates
-it, slower than fp32, so a CPU whose /proc/cpuinfo lists none of BF16_FLAGS keeps fp32 without
-timing bf16 at all. A CPU that has no /proc/cpuinfo (not Linux) is measured like any other.
+rows and one lm_head chunk, decode steps at M = 16, each dtype through the kernel it would run
+(fp32: the kernel chosen above; bf16 training: F.linear on a bf16 cast of the activations, what
+torch.autocast runs; bf16 decode: oneDNN's prepacked bf16 GEMM, what the engine's bf16 sampler
+runs). bf16 is chosen where its summed time is at least BF16_MIN_SPEEDUP times lower. Issue 22
+measured plain bf16 GEMMs 2.7-4.7x faster at the training shapes on an Intel Xeon with AMX; a
+CPU without bf16 units only emulates it, slower than fp32, so a CPU whose /proc/cpuinfo lists
+none of BF16_FLAGS keeps fp32 without timing bf16 at all (about 1 s saved). A CPU that has no
+/proc/cpuinfo (not Linux) is measured like any other. Timings are the fastest of a few calls,
+and the choice is printed with them when it is made (`describe_precision`).
 """
 
 from __future__ import annotations
