@@ -195,7 +195,8 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
     the old log-probs (`stats.mismatch`) and feeds the rollout correction `cfg.algo.rollout_is`
     (auto: token_tis when cfg.precision_gap says the sampler ran at another precision).
     The forwards run under cfg.compute_dtype's autocast (lmmixup/precision.py says which ops that
-    puts in bf16); the loss, its backward's start and the optimizer step run outside it, in fp32.
+    puts in bf16); the loss, the backward call and the optimizer step run outside it, in fp32
+    (the backward's GEMMs follow the forward's dtypes through autograd's record of the casts).
     A mini-batch whose loss or gradient is not finite is skipped before the weights change, and
     its statistics are dropped; it still consumes its lr-schedule slot, as does every planned
     slot this (possibly DAPO-filtered, smaller) batch has no mini-batch for.
