@@ -16,11 +16,13 @@ rows and one lm_head chunk, decode steps at M = 16, each dtype through the kerne
 (fp32: the kernel chosen above; bf16 training: F.linear on a bf16 cast of the activations, what
 torch.autocast runs; bf16 decode: oneDNN's prepacked bf16 GEMM, what the engine's bf16 sampler
 runs). bf16 is chosen where its summed time is at least BF16_MIN_SPEEDUP times lower. Issue 22
-measured plain bf16 GEMMs 2.7-4.7x faster at the training shapes on an Intel Xeon with AMX; a
-CPU without bf16 units only emulates it, slower than fp32, so a CPU whose /proc/cpuinfo lists
-none of BF16_FLAGS keeps fp32 without timing bf16 at all (about 1 s saved). A CPU that has no
-/proc/cpuinfo (not Linux) is measured like any other. Timings are the fastest of a few calls,
-and the choice is printed with them when it is made (`describe_precision`).
+measured plain bf16 GEMMs 2.7-4.7x faster at the training shapes on an Intel Xeon with AMX, and
+~2x on a (shared) AMD EPYC with AVX512-BF16 but no AMX, where the probe chose bf16 for both uses
+(1.47x, 1.51x; docs/LOG.md 2026-12-06). A CPU without bf16 units has no bf16 arithmetic to gain
+from (its bf16 GEMMs convert to fp32 inside, or take slower generic kernels; not measured here),
+so a CPU whose /proc/cpuinfo lists none of BF16_FLAGS keeps fp32 without timing bf16 at all. A
+CPU that has no /proc/cpuinfo (not Linux) is measured like any other. Timings are the fastest of
+a few calls, and the choice is printed with them when it is made (`describe_precision`).
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def resolve_precision(choice: str, device: torch.device, use: str = "train") -> 
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     if device.type != "cpu":
         return torch.float32  # no measurement for other devices: the safe choice
-    from lmmixup.kernel_choice import current_choice  # probes on first use (~1-2 s), then cached
+    from lmmixup.kernel_choice import current_choice  # probes once per machine, then cached
 
     choice_cpu = current_choice()
     return DTYPES[choice_cpu.train_precision if use == "train" else choice_cpu.rollout_precision]
