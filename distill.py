@@ -82,6 +82,7 @@ class Parts:
         import torch
 
         from lmmixup.models import load_model, load_tokenizer, stop_token_ids
+        from lmmixup.precision import resolve_precision
 
         cfg = self.cfg
         device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
@@ -90,7 +91,11 @@ class Parts:
             device = torch.device("cuda", self.dist.local_rank)  # one GPU per rank
         tokenizer = load_tokenizer(cfg.model)
         model = load_model(cfg.model, tokenizer).to(device).eval()
-        return model, tokenizer, stop_token_ids(tokenizer, model), device
+        # the sampler's precision, as train.py's evaluation decodes (only the static engine
+        # samples in a precision of its own)
+        dtype = (resolve_precision(cfg.precision.rollout, device, "rollout")
+                 if cfg.distill.engine == "static" else torch.float32)
+        return model, tokenizer, stop_token_ids(tokenizer, model), device, dtype
 
 
 def chunks(items: Iterable, size: int) -> Iterator[List]:
@@ -296,9 +301,9 @@ def run(dcfg: DictConfig) -> None:
         batches = list(chunks(order, cfg.distill.batch_size))
 
         def work_batch(j: int, batch: List[int]) -> List[Dict]:
-            model, tokenizer, stop_ids, device = parts.distiller
+            model, tokenizer, stop_ids, device, dtype = parts.distiller
             gens = distill_batch(model, tokenizer, [prompts[i] for i in batch], cfg.distill,
-                                 stop_ids, device)
+                                 stop_ids, device, dtype)
             rows = []
             for i, gen in zip(batch, gens):
                 c, prompt = clusters[i], prompts[i]

@@ -17,6 +17,11 @@ One GRPO step, top to bottom (the math lives in lmmixup/grpo.py):
      of the frozen reference (skipped when beta = 0);
   5. mu passes of clipped-surrogate + beta*KL updates, split into mini-batches (one optimizer
      update each) and micro-batches (gradient accumulation, exact in every aggregation mode).
+Precision (lmmixup/precision.py): `precision.train` puts the forwards of steps 4-5 (and SFT's)
+under bf16 autocast, weights, optimizer, log-probs, loss and KL staying fp32; `precision.rollout`
+is the sampler's copy of the weights (and eval's decoding). `auto`, the default, is what this
+CPU measured faster (lmmixup/kernel_choice.py), bf16 on CUDA; a sampler whose precision is not
+the trainer's turns algo.rollout_is=auto into token_tis.
 Everything each step computes is logged to <run dir>/metrics.jsonl and to W&B (offline).
 Step s re-seeds every RNG with (seed, s), so a resumed run repeats the uninterrupted one.
 Under torchrun each rank samples and trains on its slice of the global batch; normalisers,
@@ -55,8 +60,9 @@ from lmmixup.logging import MetricsLog, NullMetricsLog, redact
 from lmmixup.lora import is_lora, save_lora_and_merged
 from lmmixup.models import frozen_copy, load_model, load_tokenizer, stop_token_ids
 from lmmixup.optim import advance_schedule, build_optimizer, build_scheduler
+from lmmixup.precision import RunPrecision, describe, run_precision
 from lmmixup.rewards import build_rewards, compute_rewards, reward_extra_metrics
-from lmmixup.rollout import ROLLOUT_DTYPES
+from lmmixup.rollout import RECORDS_LOGPROBS
 from lmmixup.step import (collect, frac_zero_std_groups, frozen_logprobs, grpo_update, reward_batch,
                           reward_metrics, sample, update_config, update_metrics)
 
@@ -98,8 +104,6 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         run_dir = Path(dist.gather_objects(str(run_dir))[0])
         device = torch.device("cuda", dist.local_rank) if device.type == "cuda" else device
     run_dir.mkdir(parents=True, exist_ok=True)
-    # Checkpoints fingerprint the device that ran, not "auto": CPU and CUDA draw other numbers.
-    resume_config = {**config_dict, "device": device.type, **dist.fingerprint()}
     seed_step(cfg.seed, 0)
 
     tokenizer = load_tokenizer(cfg.model)
@@ -108,6 +112,14 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     check_prompt_lengths(tokenizer, eval_rows, cfg.data.max_prompt_tokens, cfg.data.eval_file)
     model = load_model(cfg.model, tokenizer).to(device)
     model.train()
+    # auto -> fp32 | bf16 (measured on this CPU, cached); under torchrun rank 0's choice is all's
+    prec = dist.gather_objects(run_precision(
+        cfg.precision, device, cfg.rollout.engine, cfg.rollout.engine in RECORDS_LOGPROBS,
+        cfg.algo.rollout_is, next(model.parameters()).dtype))[0]
+    # Checkpoints fingerprint what ran, not "auto": the device (CPU and CUDA draw other numbers)
+    # and the precisions, so a resume where auto resolves otherwise names the key that differs.
+    resume_config = {**config_dict, "device": device.type, "precision": prec.names(),
+                     **dist.fingerprint()}
     stop_ids = stop_token_ids(tokenizer, model)
     reward_fns = build_rewards(cfg.reward)
 
@@ -117,18 +129,20 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         # an eval run has one line, at step 0; a re-run (resume) replaces it (-1 keeps none)
         log = MetricsLog(cfg.logger, run_dir, config_dict, resume_step=-1 if cfg.resume else None)
         atomic_write_text(run_dir / "config.yaml", config_yaml)
-        evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step=0, log=log)
+        print(describe(cfg.precision, prec, device), flush=True)
+        evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step=0, log=log,
+                 dtype=prec.rollout)
         log.finish()
         return
     if cfg.stage == "sft":
         run_sft(cfg, rows, model, tokenizer, stop_ids, reward_fns, device, run_dir, config_dict,
-                config_yaml, dist)
+                config_yaml, dist, prec, resume_config)
         return
 
     sampler = PromptSampler(rows, cfg.data.shuffle_seed)
     ref_model = frozen_copy(model) if cfg.algo.beta > 0 else None
     G, B = cfg.algo.group_size, cfg.prompts_per_step
-    upd = update_config(cfg, dist.world_size)
+    upd = update_config(cfg, dist.world_size, compute_dtype=prec.train, precision_gap=prec.gap)
     dist.wrap(model)  # DDP or FSDP2 (dist.strategy; one process: nothing)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * upd.update_slots)
@@ -141,7 +155,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         start_step = state.step
         sampler.load_state_dict(state.sampler)
         print(f"resumed from {checkpoint} at step {start_step}", file=sys.stderr)
-    log = open_log(cfg, run_dir, config_dict, config_yaml, start_step, dist)
+    log = open_log(cfg, run_dir, config_dict, config_yaml, start_step, dist,
+                   describe(cfg.precision, prec, device))
     stop = StopRequest()
     inspector = StepInspector(cfg, run_dir, log, resume_step=start_step) if dist.is_main else None
 
@@ -156,7 +171,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         if dist.sampling_rng == "group":
             uniforms = group_uniforms(prompts.seeds, G, cfg.rollout.max_new_tokens)  # (n, T)
         return sample(policy, tokenizer, batch_rows, cfg.rollout, G, stop_ids,
-                      cfg.data.max_prompt_tokens, cfg.data.train_file, device, uniforms=uniforms)
+                      cfg.data.max_prompt_tokens, cfg.data.train_file, device, uniforms=uniforms,
+                      dtype=prec.rollout)
 
     def score_fn(rollout, batch_rows):
         texts = reward_batch(tokenizer, rollout, batch_rows, G)
@@ -201,17 +217,20 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         single_update = (cfg.algo.num_iterations == 1 and everyone.rollout.num_sequences
                          <= upd.mini_batch_size * dist.world_size)
         old_logp = None  # single update: the current log-probs, detached (grpo_update)
-        # The sampler's log-probs serve as old_logp when it ran in the trainer's precision;
-        # otherwise (bf16 rollouts, the hf engine) the trainer computes them in its own.
+        # The sampler's log-probs serve as old_logp when it ran in the trainer's precision (both
+        # fp32); otherwise (a bf16 sampler or trainer, the hf engine) the trainer computes them,
+        # at its own precision (prec.train), as it computes the reference's.
         sampler_is_trainer = (rollout.rollout_logp is not None and cfg.rollout.engine == "static"
-                              and ROLLOUT_DTYPES[cfg.rollout.dtype] == next(model.parameters()).dtype)
+                              and not prec.gap)
         if not single_update:
             old_logp = rollout.rollout_logp if sampler_is_trainer else frozen_logprobs(
-                policy, rollout, cfg.rollout.temperature, cfg.micro_batch_size, cfg.logprob_chunk_size)
+                policy, rollout, cfg.rollout.temperature, cfg.micro_batch_size,
+                cfg.logprob_chunk_size, compute_dtype=prec.train)
         ref_logp = None
         if ref_model is not None:
             ref_logp = frozen_logprobs(ref_model, rollout, cfg.rollout.temperature,
-                                       cfg.micro_batch_size, cfg.logprob_chunk_size)
+                                       cfg.micro_batch_size, cfg.logprob_chunk_size,
+                                       compute_dtype=prec.train)
 
         # 5. Policy updates.
         stats = grpo_update(model, optimizer, scheduler, rollout, advantages, old_logp=old_logp,
@@ -261,6 +280,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
             "rollout/tokens_per_s": tokens / max(rollout_s, 1e-9),
             "time/rollout_s": rollout_s,
             "time/step_s": step_s,
+            "precision/train_bf16": float(prec.train == torch.bfloat16),
+            "precision/rollout_bf16": float(prec.rollout == torch.bfloat16),
         }
         # Attribution (attr/*), reward-hacking signals (hacking/*), rollout dump: lmmixup/inspect.
         metrics.update(inspector.after_step(step, batch, advantages, all_old, all_ref, metrics))
@@ -268,7 +289,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         bar.set_postfix(reward=f"{metrics['reward/total_mean']:.3f}", kl=f"{stats.kl:.4f}")
 
         def run_eval(policy) -> None:
-            evaluate(policy, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step, log=log)
+            evaluate(policy, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step, log=log,
+                     dtype=prec.rollout)
 
         if evaluate_and_checkpoint(cfg, step, stop_now, save, dist, model, run_eval):
             print(f"stopped by {stop.signal_name or 'a signal to another rank'} after step {step}; "
@@ -281,7 +303,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     if dist.is_main:
         save_final_model(policy, tokenizer, run_dir)
         if cfg.data.eval_file and not (cfg.eval_every and cfg.steps % cfg.eval_every == 0):
-            evaluate(policy, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log)
+            evaluate(policy, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log,
+                     dtype=prec.rollout)
     dist.barrier()
     log.finish()
 
@@ -304,10 +327,12 @@ def evaluate_and_checkpoint(cfg: TrainConfig, step: int, stop_now: bool, save, d
 
 
 def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, device,
-            run_dir: Path, config_dict, config_yaml: str, dist: DistContext) -> None:
+            run_dir: Path, config_dict, config_yaml: str, dist: DistContext, prec: RunPrecision,
+            resume_config) -> None:
     """The SFT cold start: cross-entropy on target tokens only (prompt masked), lr warm-up,
-    token-exact gradient accumulation. Checkpoints and resume work as in GRPO. Under torchrun
-    each rank takes a contiguous 1/N of every step's examples; the token normaliser is global."""
+    token-exact gradient accumulation, forwards at prec.train. Checkpoints and resume work as
+    in GRPO. Under torchrun each rank takes a contiguous 1/N of every step's examples; the
+    token normaliser is global."""
     from tqdm import tqdm
 
     from lmmixup.sft import encode_rows, sft_backward
@@ -319,7 +344,6 @@ def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, devi
     if skipped:
         print(f"sft: skipped {skipped} rows longer than sft.max_seq_len", file=sys.stderr)
     sampler = PromptSampler(examples, cfg.data.shuffle_seed)
-    resume_config = {**config_dict, "device": device.type, **dist.fingerprint()}  # as in run()
     require(cfg.sft.examples_per_step % dist.world_size == 0, "sft.examples_per_step",
             f"must be divisible by the {dist.world_size} ranks")
     dist.wrap(model)
@@ -332,7 +356,8 @@ def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, devi
                                 rank=dist.rank, load_sharded=sharded_loader(dist, optimizer))
         start_step = state.step
         sampler.load_state_dict(state.sampler)
-    log = open_log(cfg, run_dir, config_dict, config_yaml, start_step, dist)
+    log = open_log(cfg, run_dir, config_dict, config_yaml, start_step, dist,
+                   describe(cfg.precision, prec, device))
     stop = StopRequest()
     params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps,
@@ -346,7 +371,8 @@ def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, devi
         mine = shard_positions(len(batch), len(batch), dist.world_size, dist.rank)
         optimizer.zero_grad(set_to_none=True)
         loss, tokens = sft_backward(model, [batch[i] for i in mine], cfg.micro_batch_size,
-                                    tokenizer.pad_token_id, device, cfg.logprob_chunk_size, dist)
+                                    tokenizer.pad_token_id, device, cfg.logprob_chunk_size, dist,
+                                    compute_dtype=prec.train)
         clip_to = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
         grad_norm = dist.clip_grad_norm(params, clip_to)
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
@@ -358,7 +384,8 @@ def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, devi
         step_s = time.perf_counter() - t_step
         log.log(step, {"sft/loss": loss, "sft/target_tokens": tokens, "sft/grad_norm": grad_norm,
                        "sft/lr": scheduler.get_last_lr()[0], "time/step_s": step_s,
-                       "sft/tokens_per_s": tokens / max(step_s, 1e-9)})
+                       "sft/tokens_per_s": tokens / max(step_s, 1e-9),
+                       "precision/train_bf16": float(prec.train == torch.bfloat16)})
         bar.set_postfix(loss=f"{loss:.3f}")
         stop_now = dist.any_true(bool(stop.signal_name))
         if stop_now or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
@@ -376,19 +403,21 @@ def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, devi
     if dist.is_main:
         save_final_model(policy, tokenizer, run_dir)
         if cfg.data.eval_file:
-            evaluate(policy, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log)
+            evaluate(policy, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log,
+                     dtype=prec.rollout)
     dist.barrier()
     log.finish()
 
 
 def open_log(cfg: TrainConfig, run_dir: Path, config_dict, config_yaml: str, start_step: int,
-             dist: DistContext):
-    """Rank 0's MetricsLog (and config.yaml, written only now that every check has passed);
-    the other ranks log nothing."""
+             dist: DistContext, precision_line: str):
+    """Rank 0's MetricsLog (and config.yaml, written only now that every check has passed), and
+    the precision line on stdout (stderr is for errors: one line each); the others log nothing."""
     if not dist.is_main:
         return NullMetricsLog()
     log = MetricsLog(cfg.logger, run_dir, config_dict, resume_step=start_step if cfg.resume else None)
     atomic_write_text(run_dir / "config.yaml", config_yaml)
+    print(precision_line, flush=True)
     return log
 
 

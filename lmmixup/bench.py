@@ -1,6 +1,7 @@
 """`python -m lmmixup.bench`: the benchmarks of benchmarks/ (outside the library), one entry point.
 
     python -m lmmixup.bench [--json] [--only rollout,logprob,roofline,step,distill] [--reps 3] [--steps 4]
+                            [--rounds 2]
 
 Prints a table, then one JSON line (always the last line; --json prints only that line) of
 ratios; what each section measures: benchmarks/grpo.py. A new section is a function
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout 
 
 from benchmarks.grpo import (SECTIONS as GRPO_SECTIONS, bench_logprob, bench_rollout, bench_roofline,  # noqa: E402
                              bench_step, child_logprob, child_step_ours, child_step_trl)
-from lmmixup.kernel_choice import current_choice  # noqa: E402
+from lmmixup.kernel_choice import current_choice, describe_precision  # noqa: E402
 
 SECTIONS = GRPO_SECTIONS + ("distill",)
 
@@ -39,6 +40,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
     ap.add_argument("--steps", type=int, default=4, help="GRPO steps per trainer (first = warm-up)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="child runs per step contender, alternating (benchmarks/grpo.py)")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -48,8 +51,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             res = child_logprob(variant, args.reps)
         elif variant == "ours":
             res = child_step_ours(args.steps)
-        else:
-            res = child_step_trl(args.steps)
+        else:  # trl-fp32 | trl-bf16
+            res = child_step_trl(args.steps, bf16=variant == "trl-bf16")
         print(json.dumps(res))
         return
 
@@ -58,14 +61,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     if unknown:
         ap.error(f"--only: unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
     table: List = []
-    results: Dict = {"rollout_speedup_vs_hf": None, "rollout_bf16_speedup_vs_hf": None,
-                     "step_speedup_vs_trl": None,
+    results: Dict = {"rollout_speedup_vs_hf": None, "step_speedup_vs_trl": None,
                      "step_peak_rss_ratio_trl_over_ours": None, "logprob_peak_mem_reduction": None,
                      "train_fwd_bwd_frac_of_matmul_peak": None}
     runners = {"rollout": lambda: bench_rollout(args.reps, table),
                "logprob": lambda: bench_logprob(args.reps, table),
                "roofline": lambda: bench_roofline(args.reps, table),
-               "step": lambda: bench_step(args.steps, table),
+               "step": lambda: bench_step(args.steps, table, args.rounds),
                "distill": lambda: bench_distill(args.reps, table)}
     for name in SECTIONS:
         if name in only:
@@ -78,6 +80,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     kernels = current_choice()  # the CPU and the GEMM kernels chosen on it (lmmixup.kernel_choice)
     results["cpu_model"] = kernels.cpu_model
     results["kernels"] = {"decode_gemm": kernels.decode_gemm, "training_gemm": kernels.training_gemm}
+    # what precision.*=auto picks here, and the probe's timings behind it (lmmixup/kernel_choice.py)
+    results["precision"] = {"cpu_bf16_flags": kernels.bf16_flags,
+                            "auto_train": kernels.train_precision,
+                            "auto_rollout": kernels.rollout_precision,
+                            "probe_ms": kernels.precision_ms, "why": describe_precision(kernels)}
     if not args.json:
         widths = [max(len(str(r[i])) for r in table) for i in range(4)] if table else [0] * 4
         for r in table:

@@ -17,6 +17,11 @@ from typing import Callable, List
 from lmmixup.errors import LmmixupError
 
 
+RENAMED_KEYS = {"rollout.dtype": "precision.rollout"}
+"""keys an earlier version had -> where the setting lives now (issue 22 made the sampler's
+precision part of one precision group); an old command line gets a line naming the new key"""
+
+
 def full_errors() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
@@ -76,9 +81,13 @@ def precheck_overrides(argv: List[str], config_dir: Path, config_name: str,
     parser = OverridesParser.create()
     for override in overrides:  # name the override that does not parse: Hydra only says where
         try:
-            parser.parse_override(override)
+            parsed = parser.parse_override(override)
         except HydraException as e:
             fail(f"{override}: not a valid override ({str(e).splitlines()[0]})")
+        key = parsed.key_or_group.lstrip("+~")
+        if key in RENAMED_KEYS:
+            fail(f"{key}: renamed to {RENAMED_KEYS[key]} (auto, fp32 or bf16), e.g. "
+                 f"{RENAMED_KEYS[key]}={parsed.value()}")
     register()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):

@@ -23,6 +23,7 @@ from lmmixup.hacking import HackingConfig
 from lmmixup.logging import LoggerConfig
 from lmmixup.models import ModelConfig
 from lmmixup.optim import OptimConfig
+from lmmixup.precision import PrecisionConfig
 from lmmixup.rewards.registry import RewardConfig
 from lmmixup.rollout import RECORDS_LOGPROBS, RolloutConfig
 
@@ -80,6 +81,8 @@ class TrainConfig:
     """thresholds of the reward-hacking signals logged every GRPO step (lmmixup/hacking.py)"""
     dist: DistConfig = field(default_factory=DistConfig)
     """data parallelism under torchrun (lmmixup/dist/); inert in one process"""
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    """fp32 or bf16 (or auto, measured) for training GEMMs and the sampler (lmmixup/precision.py)"""
 
     def validate(self) -> None:
         require(self.stage in ("grpo", "sft", "eval"), "stage",
@@ -99,9 +102,11 @@ class TrainConfig:
         require(self.eval_every >= 0, "eval_every", "must be >= 0")
         require(not (self.algo.max_resample_rounds > 0 and not self.algo.filter_zero_std_groups),
                 "algo.max_resample_rounds", "needs algo.filter_zero_std_groups=true")
-        require(self.algo.rollout_is == "none" or self.rollout.engine in RECORDS_LOGPROBS,
+        require(self.algo.rollout_is in ("none", "auto") or self.rollout.engine in RECORDS_LOGPROBS,
                 "algo.rollout_is",  # (vllm records them too; it is experimental, not advertised)
                 "needs an engine that records sampling log-probs (rollout.engine=static)")
+        require(self.precision.rollout != "bf16" or self.rollout.engine == "static",
+                "precision.rollout", "only rollout.engine=static samples in another precision")
 
 
 def validate_all(node) -> None:

@@ -19,9 +19,10 @@ loop instead of `model.generate`:
   * Weights are prepared once per call (`PackedLinear`): q|k|v fused into one GEMM, each RMSNorm's
     weight folded into the matmul after it, and on CPU oneDNN's prepacked layout with the
     silu / multiply / residual add fused into the GEMM (`lmmixup.kernels`). Prepared copies
-    live only during the call (the policy changes every optimizer step) and are cast to
-    `rollout.dtype`: with bf16 the sampler runs a bf16 copy of the policy re-cast at every call,
-    while the policy and its optimizer keep their precision.
+    live only during the call (the policy changes every optimizer step) and are cast to `dtype`
+    (`precision.rollout`, lmmixup/precision.py): with bf16 the sampler runs a bf16 copy of the
+    policy re-cast at every call, activations and KV cache in bf16 too, while the policy and
+    its optimizer keep their precision. The sampled token's log-prob is computed in fp32.
   * Sampling happens on the device: logits / tau, then top-k, then top-p (nucleus; HF's order),
     then one uniform per row through the CDF (`_draw`), drawn from `generator` or, by default,
     the global torch RNG, which the trainer seeds every step for an exact resume.
@@ -54,7 +55,7 @@ import torch.nn.functional as F
 from lmmixup.errors import LmmixupError
 from lmmixup.kernel_choice import current_choice
 from lmmixup.kernels import PackedLinear, rope, signed_sin, unsupported_reason
-from lmmixup.rollout_batch import ROLLOUT_DTYPES, Rollout, completion_mask_from_stops, repeat_for_group
+from lmmixup.rollout_batch import Rollout, completion_mask_from_stops, repeat_for_group
 
 if TYPE_CHECKING:  # annotations only: lmmixup.rollout imports this module, not the reverse
     from lmmixup.rollout import RolloutConfig
@@ -288,7 +289,8 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
                     group_size: int, stop_ids: Sequence[int], pad_id: int, *, greedy: bool = False,
                     compact: bool = True, generator: Optional[torch.Generator] = None,
                     uniforms: Optional[torch.Tensor] = None,
-                    stop_sequences: Sequence[Sequence[int]] = ()) -> Rollout:
+                    stop_sequences: Sequence[Sequence[int]] = (),
+                    dtype: torch.dtype = torch.float32) -> Rollout:
     """Sample G completions for each of B left-padded prompts with a static KV cache.
 
     prompt_ids, prompt_mask: (B, P). Same contract as `rollout.hf_generate`, plus:
@@ -301,6 +303,7 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
       stop_sequences  token-id sequences that also end a row once its last tokens equal one
                  (distill.py stops at `</answer>`, several tokens); the row keeps them, is
                  not truncated, and its mask ends with them
+      dtype      precision of the sampler's copy of the weights (fp32 | bf16)
     An empty `stop_ids` never stops early: every row gets exactly cfg.max_new_tokens tokens.
     Returns a Rollout whose T is the number of decode steps run (<= cfg.max_new_tokens), with
     `rollout_logp` filled (0 after a row's stop token).
@@ -311,7 +314,7 @@ def static_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
     if bool((prompt_mask.sum(dim=1) == 0).any()):
         raise LmmixupError("rollout: a prompt has no tokens (all-zero prompt_mask row)")
     _check_supported(model, max_len)
-    dec = _decoder_of(model, n, ROLLOUT_DTYPES[cfg.dtype])
+    dec = _decoder_of(model, n, dtype)
     device, dtype = prompt_ids.device, dec.embed.dtype
 
     # rotary table for every position the call can reach, from the model's own module: (L, D)

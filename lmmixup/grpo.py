@@ -35,7 +35,8 @@ What this module implements, and where each choice comes from:
         seq_mask   a sequence whose geometric-mean ratio exp(mean_t log rho_t) is outside
                    [1/C, C] is dropped from the loss (verl's geometric mask mode)
     and `mismatch_stats` measures the gap: |delta log p|, K3 KL, chi^2 per token and per
-    sequence, the effective sample size, the ratio's range.
+    sequence, the effective sample size, the ratio's range. The default, auto, is token_tis
+    exactly when the sampler's precision is not the trainer's (lmmixup/precision.py).
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ class AlgoConfig:
     """drop groups whose rewards are all equal (they carry no signal) and sample more (DAPO)"""
     max_resample_rounds: int = 0
     """with filter_zero_std_groups: extra rollout rounds allowed per step to refill the batch"""
-    rollout_is: str = "none"
-    """rollout correction: none | token_tis (w = min(pi_old/pi_rollout, C)) | seq_mask"""
+    rollout_is: str = "auto"
+    """rollout correction: auto (token_tis when the sampler and the trainer run at different
+    precisions, see precision.*; else none) | none | token_tis (w = min(pi_old/pi_rollout, C)) |
+    seq_mask"""
     rollout_is_cap: float = 2.0
     """C: the truncation cap of token_tis, the mask bound [1/C, C] of seq_mask"""
 
@@ -102,8 +105,8 @@ class AlgoConfig:
         require(self.adv_eps > 0, "algo.adv_eps", "must be > 0")
         require(self.num_iterations >= 1, "algo.num_iterations", "must be >= 1")
         require(self.max_resample_rounds >= 0, "algo.max_resample_rounds", "must be >= 0")
-        require(self.rollout_is in ROLLOUT_IS_MODES, "algo.rollout_is",
-                f"unknown {self.rollout_is!r}; known: {', '.join(ROLLOUT_IS_MODES)}")
+        require(self.rollout_is == "auto" or self.rollout_is in ROLLOUT_IS_MODES, "algo.rollout_is",
+                f"unknown {self.rollout_is!r}; known: auto, {', '.join(ROLLOUT_IS_MODES)}")
         require(self.rollout_is_cap > 1, "algo.rollout_is_cap", "must be > 1")
 
 

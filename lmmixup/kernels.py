@@ -69,10 +69,12 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.
 # ----------------------------------------------------------------------------- linear kernels
 
 def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether x W^T runs through oneDNN: CPU, fp32, 2-D, oneDNN built in, and the kernel
-    choice of this CPU (lmmixup.kernel_choice) says oneDNN beats MKL."""
+    """Whether x W^T runs through oneDNN: CPU, fp32, 2-D, oneDNN built in, not under autocast
+    (the private oneDNN op has no autocast rule, so it would run fp32 there: module(x) lets
+    autocast pick bf16), and the kernel choice of this CPU (lmmixup.kernel_choice) says oneDNN
+    beats MKL."""
     if not (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.dim() == 2
-            and torch.backends.mkldnn.is_available()):
+            and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu")):
         return False
     from lmmixup.kernel_choice import current_choice
 

@@ -18,6 +18,13 @@ over (C, V) memory. Measured in `python -m lmmixup.bench --only logprob`.
 
 All log-probs use logits / temperature, the same distribution the rollout sampled from
 (see lmmixup/rollout.py), so at mu = 1 the first importance ratio is exactly 1.
+
+Under bf16 autocast (precision.train=bf16, lmmixup/precision.py) the head's GEMMs run in bf16:
+`token_logprobs` notes the autocast dtype when called and multiplies bf16 copies of the hidden
+states and the head weight, in the forward, the backward's recompute and both backward products
+(a custom autograd function is outside autocast's reach in its backward, so the dtype is carried
+explicitly). z, logsumexp, log p, the entropy and the softmax of the gradient stay fp32; the
+weight gradient is summed over chunks in fp32.
 """
 
 from __future__ import annotations
@@ -41,10 +48,21 @@ def _acc_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(weight.dtype, torch.float32)
 
 
-def _scaled_logits(hidden, weight, bias, temperature: float) -> torch.Tensor:
-    """hidden (C, H) -> logits / tau (C, V) in fp32, a fresh buffer the caller may overwrite."""
-    z = forward_gemm(hidden, weight, bias)  # (C, V)
-    return z.to(_acc_dtype(weight)).div_(temperature)
+def _gemm_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype the head multiplies in: autocast's (bf16) when it is on for this device and the
+    weight is fp32, else the weight's own."""
+    kind = hidden.device.type
+    if weight.dtype == torch.float32 and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return weight.dtype
+
+
+def _scaled_logits(hidden, weight, bias, temperature: float, acc: torch.dtype) -> torch.Tensor:
+    """hidden (C, H) -> logits / tau (C, V) in `acc` (fp32), a fresh buffer the caller may
+    overwrite. hidden and weight are already in the GEMM's dtype."""
+    with torch.autocast(hidden.device.type, enabled=False):  # the dtype is chosen by the caller
+        z = forward_gemm(hidden, weight, bias)  # (C, V)
+    return z.to(acc).div_(temperature)
 
 
 class _HeadLogprobs(torch.autograd.Function):
@@ -55,19 +73,22 @@ class _HeadLogprobs(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, temperature: float, chunk_size: int,
                 with_entropy: bool):
         m, acc = hidden.shape[0], _acc_dtype(weight)
+        gemm = _gemm_dtype(hidden, weight)  # bf16 under autocast, else the weight's dtype
+        h_g, w_g = hidden.to(gemm), weight.to(gemm)  # (M, H), (V, H): one cast per call
+        b_g = None if bias is None else bias.to(gemm)  # (V,)
         logp = torch.empty(m, dtype=acc, device=hidden.device)  # (M,)
         lse = torch.empty(m, dtype=acc, device=hidden.device)  # (M,)
         entropy = torch.empty(m if with_entropy else 0, dtype=acc, device=hidden.device)  # (M,)
         for s in range(0, m, chunk_size):
             e = min(m, s + chunk_size)
-            z = _scaled_logits(hidden[s:e], weight, bias, temperature)  # (C, V)
+            z = _scaled_logits(h_g[s:e], w_g, b_g, temperature, acc)  # (C, V) fp32
             lse[s:e] = torch.logsumexp(z, dim=1)
             logp[s:e] = z.gather(1, targets[s:e, None]).squeeze(1) - lse[s:e]
             if with_entropy:
                 z.sub_(lse[s:e, None])  # (C, V) log p
                 entropy[s:e] = -(z.exp() * z).sum(dim=1)
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        ctx.temperature, ctx.chunk_size, ctx.gemm = temperature, chunk_size, gemm
         ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
@@ -75,6 +96,9 @@ class _HeadLogprobs(torch.autograd.Function):
     def backward(ctx, grad_logp, grad_entropy):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        gemm = ctx.gemm  # the forward's GEMM dtype (autocast is off in a backward)
+        h_g, w_g = hidden.to(gemm), weight.to(gemm)  # (M, H), (V, H)
+        b_g = None if bias is None else bias.to(gemm)  # (V,)
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = None  # the first chunk's product initialises it (no (V, H) zero fill)
         grad_b = torch.zeros_like(bias) if need_b else None
@@ -82,21 +106,24 @@ class _HeadLogprobs(torch.autograd.Function):
         for s in range(0, m, ctx.chunk_size):
             e = min(m, s + ctx.chunk_size)
             g = grad_logp[s:e].to(lse.dtype)  # (C,)
-            dz = _scaled_logits(hidden[s:e], weight, bias, tau)  # (C, V) z
+            dz = _scaled_logits(h_g[s:e], w_g, b_g, tau, lse.dtype)  # (C, V) z, fp32
             dz.sub_(lse[s:e, None]).exp_()  # softmax(z)
             dz.mul_(-g[:, None])  # -softmax * g
             dz.scatter_add_(1, targets[s:e, None], g[:, None])  # + onehot(y) * g
             dz.div_(tau)  # through z = logits / tau
-            dz = dz.to(weight.dtype)
-            if need_h:
-                grad_h[s:e] = dz @ weight  # (C, H)
-            if need_w:
-                if grad_w is None:
-                    grad_w = dz.t() @ hidden[s:e]  # (V, H)
-                else:
-                    grad_w.addmm_(dz.t(), hidden[s:e])
             if need_b:
-                grad_b += dz.sum(dim=0)
+                grad_b += dz.sum(dim=0).to(bias.dtype)  # summed before any bf16 rounding
+            dz = dz.to(gemm)
+            if need_h:
+                grad_h[s:e] = dz @ w_g  # (C, H), cast to hidden's dtype on assignment
+            if need_w and gemm == weight.dtype:  # fp32: the product accumulates in place
+                if grad_w is None:
+                    grad_w = dz.t() @ h_g[s:e]  # (V, H)
+                else:
+                    grad_w.addmm_(dz.t(), h_g[s:e])
+            elif need_w:  # bf16 product per chunk, summed over chunks in fp32
+                part = (dz.t() @ h_g[s:e]).to(weight.dtype)  # (V, H)
+                grad_w = part if grad_w is None else grad_w.add_(part)
         return grad_h, grad_w, grad_b, None, None, None, None
 
 

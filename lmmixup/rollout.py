@@ -13,8 +13,9 @@ Conventions every engine follows (the loss relies on them):
   * The sampler's log-probs (`Rollout.rollout_logp`, static engine only) are of the
     temperature-scaled *full* distribution (log_softmax(logits / tau)), before top-k/top-p
     filtering: the quantity training computes. In fp32 they match the trainer's up to kernel
-    rounding; with rollout.dtype=bf16 they differ, and the trainer computes its own old
-    log-probs, measures the gap (`mismatch/*` metrics) and may correct it (`algo.rollout_is`).
+    rounding; with precision.rollout=bf16 (or a bf16 trainer) they differ, and the trainer
+    computes its own old log-probs, measures the gap (`mismatch/*` metrics) and corrects it
+    (`algo.rollout_is`, token_tis under auto; lmmixup/precision.py).
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ import torch
 from lmmixup.engine import static_generate
 from lmmixup.errors import require
 from lmmixup.rollout_batch import (  # noqa: F401  (re-exported: the rollout types live there)
-    ROLLOUT_DTYPES, Rollout, completion_mask_from_stops, concat_rollouts, repeat_for_group,
-    select_rows)
+    Rollout, completion_mask_from_stops, concat_rollouts, repeat_for_group, select_rows)
 
 
 @dataclass
@@ -44,9 +44,6 @@ class RolloutConfig:
     """nucleus sampling mass (1.0 = off)"""
     top_k: int = 0
     """keep only the k most likely tokens (0 = off)"""
-    dtype: str = "fp32"
-    """fp32 | bf16: precision the static engine samples in (a copy of the policy's weights cast
-    at every call, i.e. after every optimizer step; the policy and optimizer keep theirs)"""
 
     def validate(self) -> None:
         require(self.engine in ENGINES, "rollout.engine",
@@ -55,10 +52,6 @@ class RolloutConfig:
         require(self.temperature > 0, "rollout.temperature", "must be > 0")
         require(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
         require(self.top_k >= 0, "rollout.top_k", "must be >= 0")
-        require(self.dtype in ROLLOUT_DTYPES, "rollout.dtype",
-                f"unknown {self.dtype!r}; known: {', '.join(ROLLOUT_DTYPES)}")
-        require(self.dtype == "fp32" or self.engine == "static", "rollout.dtype",
-                "only rollout.engine=static samples in another precision")
 
 
 @torch.no_grad()

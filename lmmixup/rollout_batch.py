@@ -12,10 +12,6 @@ from typing import Optional, Sequence
 
 import torch
 
-# rollout.dtype -> the precision of the sampler's copy of the weights
-ROLLOUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
 @dataclass
 class Rollout:
     """One batch of N = B*G sampled completions, in group order."""

@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from lmmixup.data.prompts import PromptRow
 from lmmixup.dist.context import LOCAL, DistContext
 from lmmixup.errors import LmmixupError
+from lmmixup.precision import autocast
 
 IGNORE_INDEX = -100
 Messages = List[Dict[str, str]]
@@ -149,7 +150,8 @@ def sft_loss(model, batch: SFTBatch, num_target_tokens: Optional[int] = None,
 
 
 def sft_backward(model, examples: Sequence[SFTExample], micro_batch_size: int, pad_id: int,
-                 device=None, chunk_size: int = 1024, dist: DistContext = LOCAL) -> Tuple[float, int]:
+                 device=None, chunk_size: int = 1024, dist: DistContext = LOCAL,
+                 compute_dtype: torch.dtype = torch.float32) -> Tuple[float, int]:
     """Accumulate the gradient of one optimizer batch, micro-batch by micro-batch.
 
     Returns (mean token loss of the whole batch, its target tokens). The caller clips and
@@ -159,6 +161,9 @@ def sft_backward(model, examples: Sequence[SFTExample], micro_batch_size: int, p
     Under torchrun `examples` is this rank's share: the target-token count is summed over ranks
     (one int64 all-reduce) before the first backward, DDP's mean is cancelled (x world_size) and
     gradients are all-reduced once, on the last micro-batch (lmmixup/dist/context.py).
+    compute_dtype: the forwards' GEMM precision (precision.train resolved): under bf16 autocast
+    the decoder's and the head's GEMMs run in bf16, the logits are cast to fp32 before the
+    cross-entropy, and the loss and its sum stay fp32 (lmmixup/precision.py).
     """
     local_tokens = sum(ex.num_target_tokens for ex in examples)
     total_tokens = dist.sum_counts([local_tokens])[0]
@@ -178,8 +183,9 @@ def sft_backward(model, examples: Sequence[SFTExample], micro_batch_size: int, p
         if device is not None:
             batch = batch.to(device)
         with dist.grad_sync(last=i == passes - 1):
-            loss, _ = dist.forward(sft_loss, model, batch, num_target_tokens=total_tokens,
-                                   chunk_size=chunk_size)
+            with autocast(compute_dtype, batch.input_ids.device.type):  # the forward only
+                loss, _ = dist.forward(sft_loss, model, batch, num_target_tokens=total_tokens,
+                                       chunk_size=chunk_size)  # () fp32
             (loss * dist.grad_scale if dist.distributed else loss).backward()
         loss_value += float(loss.detach())
     if dist.distributed:

@@ -20,6 +20,7 @@ from lmmixup.grpo import (AlgoConfig, LossNorm, MismatchStats, mismatch_stats,
                           policy_loss, rollout_is_weights, zero_std_groups)
 from lmmixup.logprobs import completion_logprobs
 from lmmixup.optim import advance_schedule
+from lmmixup.precision import autocast, resolve_rollout_is
 from lmmixup.rewards.registry import RewardBatch
 from lmmixup.rollout import Rollout, RolloutConfig, concat_rollouts, get_engine, select_rows
 
@@ -27,12 +28,14 @@ from lmmixup.rollout import Rollout, RolloutConfig, concat_rollouts, get_engine,
 def sample(model, tokenizer, rows: List[PromptRow], rollout_cfg: RolloutConfig, group_size: int,
            stop_ids: Sequence[int], max_prompt_tokens: int, source: str, device,
            uniforms: Optional[torch.Tensor] = None,
-           stop_sequences: Sequence[Sequence[int]] = ()) -> Rollout:
+           stop_sequences: Sequence[Sequence[int]] = (),
+           dtype: torch.dtype = torch.float32) -> Rollout:
     """B rows -> a Rollout of N = B*G completions (model switched to eval for decoding).
     uniforms (N, T): per-group sampling randomness (lmmixup/dist/shard.py), static engine only;
     None samples from the global torch RNG. stop_sequences: token-id sequences that end a row
     (engine.static_generate), static engine only; other engines run to their stop ids and the
-    caller cuts the text."""
+    caller cuts the text. dtype: the precision the static engine samples in (precision.rollout
+    resolved, lmmixup/precision.py); other engines sample in the model's."""
     prompt_ids, prompt_mask = encode_prompts(tokenizer, rows, max_prompt_tokens, source)  # (B, P)
     was_training = model.training
     model.eval()
@@ -41,6 +44,10 @@ def sample(model, tokenizer, rows: List[PromptRow], rollout_cfg: RolloutConfig, 
         extra = {} if uniforms is None else {"uniforms": uniforms}
         if stop_sequences and rollout_cfg.engine == "static":
             extra["stop_sequences"] = stop_sequences
+        if dtype != torch.float32:
+            require(rollout_cfg.engine == "static", "precision.rollout",
+                    "only rollout.engine=static samples in another precision")
+            extra["dtype"] = dtype
         return engine(model, prompt_ids.to(device), prompt_mask.to(device), rollout_cfg,
                       group_size, stop_ids, tokenizer.pad_token_id, **extra)
     finally:
@@ -73,15 +80,17 @@ def loss_mask(rollout: Rollout, algo: AlgoConfig) -> torch.Tensor:
 
 @torch.no_grad()
 def frozen_logprobs(model, rollout: Rollout, temperature: float, micro_batch_size: int,
-                    chunk_size: int) -> torch.Tensor:
-    """log-probs (N, T) of the rollout's completions under a model, without gradients."""
+                    chunk_size: int, compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """log-probs (N, T) fp32 of the rollout's completions under a model, without gradients;
+    compute_dtype: the GEMMs' precision (precision.train resolved; lmmixup/precision.py)."""
     if rollout.num_sequences == 0:  # a rank whose groups DAPO filtered away
         return torch.zeros_like(rollout.completion_mask)  # (0, T)
     out = []
     for s in range(0, rollout.num_sequences, micro_batch_size):
         sl = slice(s, s + micro_batch_size)
-        lp, _ = completion_logprobs(model, rollout.prompt_ids[sl], rollout.prompt_mask[sl],
-                                    rollout.completion_ids[sl], temperature, chunk_size)
+        with autocast(compute_dtype, rollout.prompt_ids.device.type):
+            lp, _ = completion_logprobs(model, rollout.prompt_ids[sl], rollout.prompt_mask[sl],
+                                        rollout.completion_ids[sl], temperature, chunk_size)
         out.append(lp)
     return torch.cat(out)  # (N, T)
 
@@ -98,13 +107,17 @@ class UpdateConfig:
     chunk_size: int  # positions per lm_head + log-softmax chunk
     max_grad_norm: float  # clip the global gradient norm (<= 0: measure only)
     update_slots: int  # lr-schedule steps this batch owns: mu * (planned N / mini_batch_size)
+    compute_dtype: torch.dtype = torch.float32  # forward GEMMs' precision (precision.train)
+    precision_gap: bool = False  # sampler and trainer differ in precision: rollout_is=auto corrects
 
 
-def update_config(cfg, world_size: int = 1) -> UpdateConfig:
+def update_config(cfg, world_size: int = 1, compute_dtype: torch.dtype = torch.float32,
+                  precision_gap: bool = False) -> UpdateConfig:
     """The UpdateConfig of a TrainConfig. The schedule's horizon is steps * update_slots: every
     planned update slot advances it, also one whose mini-batch DAPO filtered away or that was
     skipped as non-finite, so the lr at step s never depends on what filtering did.
-    Under torchrun, mini_batch_size is one rank's share of a mini-batch (lmmixup/dist/shard.py)."""
+    Under torchrun, mini_batch_size is one rank's share of a mini-batch (lmmixup/dist/shard.py).
+    compute_dtype, precision_gap: the resolved precisions (train.py, lmmixup/precision.py)."""
     g = cfg.algo.group_size
     mini_prompts = cfg.mini_batch_prompts or cfg.prompts_per_step
     require(mini_prompts % world_size == 0, "mini_batch_prompts" if cfg.mini_batch_prompts
@@ -115,7 +128,8 @@ def update_config(cfg, world_size: int = 1) -> UpdateConfig:
         mini_batch_size=mini_prompts // world_size * g,
         micro_batch_size=cfg.micro_batch_size, temperature=cfg.rollout.temperature,
         chunk_size=cfg.logprob_chunk_size, max_grad_norm=cfg.optim.max_grad_norm,
-        update_slots=cfg.algo.num_iterations * (cfg.prompts_per_step // mini_prompts))
+        update_slots=cfg.algo.num_iterations * (cfg.prompts_per_step // mini_prompts),
+        compute_dtype=compute_dtype, precision_gap=precision_gap)
 
 
 @dataclass
@@ -183,7 +197,11 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
     sampled is the policy being updated" (mu = 1 and a single mini-batch): the detached current
     log-probs then stand in for it, so the ratio is exactly 1 and the clip is inactive, by design.
     rollout.rollout_logp (the sampler's log-probs, when the engine records them) is compared with
-    the old log-probs (`stats.mismatch`) and feeds the rollout correction `cfg.algo.rollout_is`.
+    the old log-probs (`stats.mismatch`) and feeds the rollout correction `cfg.algo.rollout_is`
+    (auto: token_tis when cfg.precision_gap says the sampler ran at another precision).
+    The forwards run under cfg.compute_dtype's autocast (lmmixup/precision.py says which ops that
+    puts in bf16); the loss, the backward call and the optimizer step run outside it, in fp32
+    (the backward's GEMMs follow the forward's dtypes through autograd's record of the casts).
     A mini-batch whose loss or gradient is not finite is skipped before the weights change, and
     its statistics are dropped; it still consumes its lr-schedule slot, as does every planned
     slot this (possibly DAPO-filtered, smaller) batch has no mini-batch for.
@@ -200,8 +218,10 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
     n = rollout.num_sequences
     mask = loss_mask(rollout, algo)  # (N, T)
     rollout_logp = rollout.rollout_logp  # (N, T) or None
-    require(rollout_logp is not None or algo.rollout_is == "none", "algo.rollout_is",
+    correct = resolve_rollout_is(algo.rollout_is, cfg.precision_gap, rollout_logp is not None)
+    require(rollout_logp is not None or correct == "none", "algo.rollout_is",
             "needs an engine that records sampling log-probs (rollout.engine=static)")
+    device_type = rollout.prompt_ids.device.type
     params = [p for p in model.parameters() if p.requires_grad]
     stats = UpdateStats()
     total = _Sums()
@@ -247,16 +267,17 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
                     continue
                 sl = micro[i]
                 with dist.grad_sync(last):
-                    logp, entropy = dist.forward(
-                        completion_logprobs, model, rollout.prompt_ids[sl], rollout.prompt_mask[sl],
-                        rollout.completion_ids[sl], cfg.temperature, cfg.chunk_size,
-                        with_entropy=iteration == 0)  # (n, T)
+                    with autocast(cfg.compute_dtype, device_type):  # the forward only
+                        logp, entropy = dist.forward(
+                            completion_logprobs, model, rollout.prompt_ids[sl],
+                            rollout.prompt_mask[sl], rollout.completion_ids[sl], cfg.temperature,
+                            cfg.chunk_size, with_entropy=iteration == 0)  # (n, T) fp32 each
                     old = logp.detach() if old_logp is None else old_logp[sl]  # (n, T)
                     if old_logp is None:
                         seen_old[sl] = old
                     weights = None
-                    if algo.rollout_is != "none":
-                        weights = rollout_is_weights(old, rollout_logp[sl], mask[sl], algo.rollout_is,
+                    if correct != "none":
+                        weights = rollout_is_weights(old, rollout_logp[sl], mask[sl], correct,
                                                      algo.rollout_is_cap).weights  # (n, T)
                     ref = None if ref_logp is None else ref_logp[sl]
                     parts = policy_loss(logp, old, ref, advantages[sl], mask[sl], algo, norm,
@@ -317,8 +338,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages: torch
         seen_old, rollout_logp, mask = (gather_padded_rows(x, dist)
                                         for x in (seen_old, rollout_logp, mask))  # (N_all, T_all)
         stats.mismatch = mismatch_stats(seen_old, rollout_logp, mask)
-        correction = rollout_is_weights(seen_old, rollout_logp, mask, algo.rollout_is,
-                                        algo.rollout_is_cap)
+        correction = rollout_is_weights(seen_old, rollout_logp, mask, correct, algo.rollout_is_cap)
         stats.is_frac_tokens_truncated = correction.frac_tokens_truncated
         stats.is_frac_seqs_masked = correction.frac_seqs_masked
     return stats

@@ -159,8 +159,8 @@ ROWS = [
     R("checkpoint-changed-steps", "resume=auto steps=2",
       "<run>/checkpoints/step_000001: checkpoint was written with a different config: "
       "steps=2 (checkpoint: 1); resume with the same settings or start a new run", run="<run>"),
-    R("config-bf16-rollout-on-hf-engine", "rollout.engine=hf rollout.dtype=bf16",
-      "rollout.dtype: only rollout.engine=static samples in another precision"),
+    R("config-bf16-rollout-on-hf-engine", "rollout.engine=hf precision.rollout=bf16",
+      "precision.rollout: only rollout.engine=static samples in another precision"),
     R("config-rollout-is-without-sampler-logprobs", "rollout.engine=hf algo.rollout_is=token_tis",
       "algo.rollout_is: needs an engine that records sampling log-probs (rollout.engine=static)"),
     R("config-dist-unknown-strategy", "dist.strategy=zero3",
@@ -168,6 +168,11 @@ ROWS = [
     R("config-group-sampling-on-hf-engine", "rollout.engine=hf dist.sampling_rng=group",
       "dist.sampling_rng: group needs rollout.engine=static (the hf engine draws from one "
       "global stream)"),
+    R("config-unknown-precision", "precision.train=fp16",
+      "precision.train: unknown 'fp16'; known: auto, fp32, bf16"),
+    R("config-renamed-rollout-dtype", "rollout.dtype=bf16",
+      "rollout.dtype: renamed to precision.rollout (auto, fp32 or bf16), e.g. "
+      "precision.rollout=bf16"),
 ]
 # A reward registered by this file (`nan_probe`) scores 0.5 at step 1, then NaN.
 NONFINITE_ROWS = [

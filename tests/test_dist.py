@@ -50,6 +50,8 @@ CASES = {
     "nonfinite_on_rank1": ("grpo", 4, 2, 2, 1, 0.0, ([0, 1], [2, 3])),
 }
 NONFINITE_ROW = 6  # prompt 3, completion 0: rank 1's last micro-batch
+# Cases rerun under bf16 autocast (precision.train=bf16): one per way a batch can be split.
+BF16_CASES = ("grpo", "dp2_ga1_dapo", "minibatches_mu2", "uneven")
 POSITIONED = {"refill_minibatches"}  # cases run with grpo_update(group_positions=...)
 
 
@@ -111,7 +113,7 @@ def _local(rollout, advantages, extra, prompts):
 _CACHE = {}  # the tiny model (passed to the workers: no tokenizer load there), copied per case
 
 
-def _run_case(name, world_size, rank, model_state, out_dir, dist_ctx):
+def _run_case(name, world_size, rank, model_state, out_dir, dist_ctx, dtype=torch.float32):
     from lmmixup.grpo import AlgoConfig
     from lmmixup.step import UpdateConfig, frozen_logprobs, grpo_update
 
@@ -121,7 +123,7 @@ def _run_case(name, world_size, rank, model_state, out_dir, dist_ctx):
     rollout, advantages, noise = _batch()
     if name.startswith("nonfinite"):
         advantages[NONFINITE_ROW] = float("nan")
-    base = frozen_logprobs(model, rollout, 1.0, 8, 1024)  # (N, T)
+    base = frozen_logprobs(model, rollout, 1.0, 8, 1024, compute_dtype=dtype)  # (N, T)
     old = (base + noise).detach() if mu > 1 or mini_prompts < B else None
     ref = (base - noise).detach() if beta > 0 else None
     if world_size > 1:
@@ -131,7 +133,8 @@ def _run_case(name, world_size, rank, model_state, out_dir, dist_ctx):
                       eps_high=0.1, rollout_is="token_tis")
     cfg = UpdateConfig(algo=algo, max_new_tokens=T, mini_batch_size=mini_prompts * G // world_size,
                        micro_batch_size=micro_r if world_size > 1 else micro_1, temperature=1.0,
-                       chunk_size=1024, max_grad_norm=0.0, update_slots=mu * (B // mini_prompts))
+                       chunk_size=1024, max_grad_norm=0.0, update_slots=mu * (B // mini_prompts),
+                       compute_dtype=dtype)
     lr = LR if mu * (B // mini_prompts) == 1 else LR / 100  # 4 updates at lr 3 would diverge
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
@@ -142,10 +145,11 @@ def _run_case(name, world_size, rank, model_state, out_dir, dist_ctx):
                         cfg=cfg, dist=dist_ctx, group_positions=positions)
     weights = dist_ctx.full_model(model).state_dict()  # FSDP2: gathered (every rank takes part)
     if rank == 0:
+        tag = name if dtype == torch.float32 else f"{name}-bf16"
         torch.save({k: v.detach().clone() for k, v in weights.items()},
-                   out_dir / f"{name}-{world_size}.pt")
+                   out_dir / f"{tag}-{world_size}.pt")
         record = {k: v for k, v in asdict(stats).items() if k != "skipped_nonfinite"}
-        (out_dir / f"{name}-{world_size}.json").write_text(json.dumps(record))
+        (out_dir / f"{tag}-{world_size}.json").write_text(json.dumps(record))
 
 
 def _sft_examples():
@@ -160,7 +164,7 @@ def _sft_examples():
     return out
 
 
-def _run_sft(world_size, rank, model_state, out_dir, dist_ctx):
+def _run_sft(world_size, rank, model_state, out_dir, dist_ctx, dtype=torch.float32):
     """One SFT step: 1 process on all 8 examples (micro 2) vs each rank on its 4 (micro 2)."""
     from lmmixup.dist.shard import shard_positions
     from lmmixup.sft import sft_backward
@@ -172,13 +176,14 @@ def _run_sft(world_size, rank, model_state, out_dir, dist_ctx):
     if world_size > 1:
         dist_ctx.wrap(model)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    loss, tokens = sft_backward(model, mine, 2, 0, dist=dist_ctx)
+    loss, tokens = sft_backward(model, mine, 2, 0, dist=dist_ctx, compute_dtype=dtype)
     opt.step()
     weights = dist_ctx.full_model(model).state_dict()
     if rank == 0:
+        tag = "sft" if dtype == torch.float32 else "sft-bf16"
         torch.save({k: v.detach().clone() for k, v in weights.items()},
-                   out_dir / f"sft-{world_size}.pt")
-        (out_dir / f"sft-{world_size}.json").write_text(json.dumps({"loss": loss, "tokens": tokens}))
+                   out_dir / f"{tag}-{world_size}.pt")
+        (out_dir / f"{tag}-{world_size}.json").write_text(json.dumps({"loss": loss, "tokens": tokens}))
 
 
 def _worker(rank, world_size, init_file, model, model_state, out_dir):
@@ -195,6 +200,12 @@ def _worker(rank, world_size, init_file, model, model_state, out_dir):
             _run_case(name, world_size, rank, model_state, out_dir,
                       DistContext(rank=rank, world_size=world_size, sampling_rng="group"))
         _run_sft(world_size, rank, model_state, out_dir, DistContext(rank=rank, world_size=world_size))
+        for name in BF16_CASES:
+            _run_case(name, world_size, rank, model_state, out_dir,
+                      DistContext(rank=rank, world_size=world_size, sampling_rng="group"),
+                      dtype=torch.bfloat16)
+        _run_sft(world_size, rank, model_state, out_dir, DistContext(rank=rank, world_size=world_size),
+                 dtype=torch.bfloat16)
     finally:
         tdist.destroy_process_group()
 
@@ -218,6 +229,9 @@ def update_results(tmp_path_factory):
     for name in CASES:
         _run_case(name, 1, 0, state, out, LOCAL)
     _run_sft(1, 0, state, out, LOCAL)
+    for name in BF16_CASES:
+        _run_case(name, 1, 0, state, out, LOCAL, dtype=torch.bfloat16)
+    _run_sft(1, 0, state, out, LOCAL, dtype=torch.bfloat16)
     mp.spawn(_worker, args=(2, str(out / "pg_init"), _CACHE["model"], state, out), nprocs=2,
              join=True)
     return out, state
@@ -264,6 +278,41 @@ def test_sft_two_ranks_give_one_process_weights_and_loss(update_results):
     m1, m2 = (json.loads((out / f"sft-{w}.json").read_text()) for w in (1, 2))
     assert m1["tokens"] == m2["tokens"] == 6 + 1 + 2 + 5 + 3 + 1 + 2 + 4  # global target tokens
     assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-6)
+
+
+# bf16 (precision.train=bf16): each micro-batch's weight-gradient products come out of the bf16
+# GEMMs rounded to bf16 (unit roundoff u = 2^-9 ~ 2e-3) before they are summed in fp32. Where a
+# rank's micro-batches are the one process's (every GRPO case here: measured |w_1 - w_2| <= 1e-9
+# on an AMD EPYC) the products are the same; where the split regroups rows (SFT: one process
+# sorts all 8 examples by length, each rank its own 4, so the micro-batches and their padding
+# differ) each rounds differently, by up to ~u of the gradient, so of the step: 1.4e-3 measured
+# on a step of 0.6 (1.4e-3 / 0.6 = 2.3e-3 = 1.2u). The bound, 4u (0.8%) of the step, still fails
+# on a normalisation error: a mean of the ranks' token means weighs rank 0's 14 target tokens by
+# 1/28 and rank 1's 10 by 1/20 instead of 1/24 each, 14-20% of each rank's part of the step.
+BF16_BOUND = 4 * 2.0 ** -9  # of the largest weight change
+
+
+@pytest.mark.parametrize("name", BF16_CASES)
+def test_bf16_two_ranks_give_one_process_weights(update_results, name):
+    out, start = update_results
+    one, two = torch.load(out / f"{name}-bf16-1.pt"), torch.load(out / f"{name}-bf16-2.pt")
+    fp32 = torch.load(out / f"{name}-1.pt")
+    moved = max(float((one[k] - start[k]).abs().max()) for k in one)
+    assert moved > 1e-4
+    assert max(float((one[k] - fp32[k]).abs().max()) for k in one) > 1e-7  # bf16 really ran
+    worst = max(float((one[k] - two[k]).abs().max()) for k in one)
+    assert worst <= BF16_BOUND * moved, f"{name}: max |w_1 - w_2| = {worst:.3g} (step {moved:.3g})"
+
+
+def test_bf16_sft_two_ranks_give_one_process_weights(update_results):
+    out, start = update_results
+    one, two = torch.load(out / "sft-bf16-1.pt"), torch.load(out / "sft-bf16-2.pt")
+    moved = max(float((one[k] - start[k]).abs().max()) for k in one)
+    worst = max(float((one[k] - two[k]).abs().max()) for k in one)
+    assert moved > 1e-4
+    assert worst <= BF16_BOUND * moved, f"sft: max |w_1 - w_2| = {worst:.3g} (step {moved:.3g})"
+    m1, m2 = (json.loads((out / f"sft-bf16-{w}.json").read_text()) for w in (1, 2))
+    assert m1["tokens"] == m2["tokens"] == 24  # the global target-token count, as in fp32
 
 
 # ----------------------------------------------------------------------------- train.py

@@ -77,6 +77,34 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, trial):
     assert run_ids == {(tmp_path / "wandb_id.txt").read_text().strip()}  # W&B run resumed
 
 
+BF16 = ["precision.train=bf16", "precision.rollout=bf16"]  # smoke's fp32, overridden
+
+
+@pytest.mark.slow
+def test_bf16_sigkill_then_resume_is_bit_identical(tmp_path, tmp_path_factory):
+    """Mixed precision keeps resume exact on one machine: bf16 autocast and the bf16 sampler
+    are deterministic CPU kernels, the master weights and AdamW state are saved in fp32, and
+    the sampler's copy is re-cast from them every step, so nothing bf16 needs saving."""
+    full = tmp_path_factory.mktemp("full_bf16")
+    proc = start(full, *BF16)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    uninterrupted = metrics(full)
+    assert all(r["precision/train_bf16"] == 1.0 for r in uninterrupted)
+    assert all(r["mismatch/abs_logp_diff_max"] > 0 for r in uninterrupted)  # bf16 did run
+    proc = start(tmp_path, *BF16)
+    wait_for_lines(tmp_path, 2, proc)
+    time.sleep(random.Random(2).random() * 1.0)  # somewhere in step 3, or its checkpoint
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = start(tmp_path, *BF16, "resume=auto")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    got = metrics(tmp_path)
+    assert [r["step"] for r in got] == [1, 2, 3, 4, 5]
+    assert got == uninterrupted  # bit-identical: exact float equality
+
+
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     proc = start(tmp_path, "steps=50", "checkpoint.every=0")

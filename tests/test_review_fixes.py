@@ -352,8 +352,9 @@ def test_bf16_rollouts_are_measured_against_the_fp32_trainer(tiny_model, tiny_to
 
     torch.manual_seed(0)
     ids = torch.randint(10, 1000, (2, 5))
-    cfg = RolloutConfig(max_new_tokens=8, dtype="bf16")
-    out = static_generate(tiny_model, ids, torch.ones_like(ids), cfg, 2, [], tiny_tokenizer.pad_token_id)
+    cfg = RolloutConfig(max_new_tokens=8)
+    out = static_generate(tiny_model, ids, torch.ones_like(ids), cfg, 2, [], tiny_tokenizer.pad_token_id,
+                          dtype=torch.bfloat16)
     assert all(p.dtype == torch.float32 for p in tiny_model.parameters())  # the policy keeps fp32
     trainer = frozen_logprobs(tiny_model, out, 1.0, 8, 64)  # (N, T) fp32
     m = mismatch_stats(trainer, out.rollout_logp, out.completion_mask)

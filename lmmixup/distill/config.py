@@ -19,6 +19,7 @@ from lmmixup.distill.mix import MixConfig
 from lmmixup.distill.rate import RateConfig
 from lmmixup.errors import require
 from lmmixup.models import ModelConfig
+from lmmixup.precision import PrecisionConfig
 
 
 @dataclass
@@ -44,6 +45,9 @@ class DistillConfig:
     """the 0-5 rater, the high-quality threshold, the embedder"""
     cluster: PoolClusterConfig = field(default_factory=PoolClusterConfig)
     """capacity-limited k-means of the low-quality samples"""
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    """the distiller's sampler precision (precision.rollout; train.py's setting and meaning,
+    lmmixup/precision.py); precision.train is unused here: distillation does not train"""
     distill: GenerateConfig = field(default_factory=GenerateConfig)
     """generation of the distilled pairs, and the keep threshold"""
     longtail: LongTailConfig = field(default_factory=LongTailConfig)

@@ -206,10 +206,12 @@ class Generation(NamedTuple):
 
 
 def distill_batch(model, tokenizer, prompts: Sequence[ClusterPrompt], cfg: GenerateConfig,
-                  stop_ids: Sequence[int], device) -> List[Generation]:
+                  stop_ids: Sequence[int], device, dtype=None) -> List[Generation]:
     """B cluster prompts -> B generations in one greedy rollout call (prompts that are too
     long skip it). Each row is then held to its own budget, so what a cluster gets does not
-    depend on the batch it ran in."""
+    depend on the batch it ran in. dtype: the sampler's precision (None: fp32)."""
+    import torch
+
     from lmmixup.data.prompts import PromptRow
     from lmmixup.step import sample
 
@@ -222,7 +224,7 @@ def distill_batch(model, tokenizer, prompts: Sequence[ClusterPrompt], cfg: Gener
     rows = [PromptRow(prompt=list(prompts[i].messages), task=prompts[i].task) for i in fits]
     rollout = sample(model, tokenizer, rows, greedy_rollout_config(cfg, max(budgets.values())), 1,
                      stop_ids, cfg.max_prompt_tokens, "clusters.jsonl", device,
-                     stop_sequences=stop_sequences(tokenizer))
+                     stop_sequences=stop_sequences(tokenizer), dtype=dtype or torch.float32)
     ids = rollout.completion_ids.masked_fill(rollout.completion_mask == 0, tokenizer.pad_token_id)
     for j, i in enumerate(fits):
         own = ids[j, : budgets[i]]  # (budget,) the row as its own budget would have cut it

@@ -48,6 +48,7 @@ KEY_STAGES: Dict[str, str] = {
     "cluster": "cluster",
     "model": "generate",
     "device": "generate",
+    "precision": "generate",
     "distill": "generate",
     "distill.task": "normalize",  # each sample is rated in its task's shape
     "distill.keep_threshold": "rerate",

@@ -12,6 +12,7 @@ from lmmixup.errors import require
 from lmmixup.eval.harness import BENCHMARKS, EvalConfig
 from lmmixup.lora import LoraConfig
 from lmmixup.models import ModelConfig
+from lmmixup.precision import PrecisionConfig
 
 from lmmixup.downstream.sets import SETS
 
@@ -80,6 +81,9 @@ class DownstreamConfig:
     """the fine-tuning budget and optimizer, the same for every set"""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """lm-eval settings, the same for every set"""
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    """train.py's precision for every fine-tune (lmmixup/precision.py). The benchmarks score in
+    the model's own dtype: under CPU autocast lm-eval's log-softmax would run in bf16"""
 
     def validate(self) -> None:
         require(bool(self.distilled), "distilled", "must name a distill.py output folder")

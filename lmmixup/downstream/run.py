@@ -73,7 +73,7 @@ def train_args(cfg: DownstreamConfig, data: Path, steps: int) -> List[str]:
             f"sft.examples_per_step={t.examples_per_step}", f"micro_batch_size={t.micro_batch_size}",
             f"sft.max_seq_len={t.max_seq_len}", f"optim.lr={t.lr}", f"optim.warmup_frac={t.warmup_frac}",
             f"logger={t.logger}", "logger.progress_bar=false", f"seed={cfg.seed}",
-            f"device={cfg.device}", *flatten("model", cfg.model)]
+            f"device={cfg.device}", *flatten("model", cfg.model), *flatten("precision", cfg.precision)]
 
 
 def train_set(cfg: DownstreamConfig, name: str, data: Path, steps: int, run_dir: Path) -> str:
