@@ -137,8 +137,10 @@ def score_run(run: Path, pool_file: Path, mixture: Path) -> Dict:
         seed, top = seeds.most_common(1)[0]
         answer = extract_answer(g["completion"]) or ""
         ref, task = seed_ref.get(seed, ("", "para"))
+        rr = rerated.get(g["cluster_id"], {})
         items.append({"purity": top / len(g["member_ids"]), "ok": bool(g["ok"]),
-                      "kept": bool(rerated.get(g["cluster_id"], {}).get("kept", False)),
+                      "kept": bool(rr.get("kept", False)), "score": rr.get("score"),
+                      "best_member": rr.get("best_member_score"),
                       "answer": answer, "ref": ref, "task": task,
                       "echo": degenerate_reason(answer, "", "", []) in ("template_echo", "notes_in_answer")
                       if answer else False})
@@ -161,8 +163,27 @@ def score_run(run: Path, pool_file: Path, mixture: Path) -> Dict:
         "repaired_parsed_n": sum(i["repaired"] for i in parsed),
         "kept": len(kept), "repaired_kept_n": sum(i["repaired"] for i in kept),
         "repaired_of_kept": mean_ci([float(i["repaired"]) for i in kept]),
+        "gate": gate_table(parsed),
         "_items": items, "_torch": torch.__version__,
     }
+
+
+def gate_table(parsed: List[Dict]) -> List[Dict]:
+    """Precision and recall of the keep gate against `fully_repaired`, over the parsed pairs:
+    kept = score >= keep and (score - best member > min_gain); min_gain None = no relative gate."""
+    rows = []
+    scored = [i for i in parsed if i["score"] is not None]
+    good = sum(i["repaired"] for i in scored)
+    for keep in (3.0, 3.5, 4.0):
+        for gain in (None, 0.0, 0.25, 0.5):
+            kept = [i for i in scored if i["score"] >= keep and (
+                gain is None or i["best_member"] is None or i["score"] - i["best_member"] > gain)]
+            hit = sum(i["repaired"] for i in kept)
+            rows.append({"keep_threshold": keep, "min_gain": gain, "kept": len(kept),
+                         "repaired_kept": hit,
+                         "precision": round(hit / len(kept), 3) if kept else None,
+                         "recall": round(hit / good, 3) if good else None})
+    return rows
 
 
 # ----------------------------------------------------------------------------- parity

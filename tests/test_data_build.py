@@ -73,6 +73,12 @@ def test_rows_have_the_documented_fields_and_layout(built):
         lines = think.splitlines()  # one note per member, then the closing line
         assert [line.split(":")[0] for line in lines[:k]] == [f"Pair {i}" for i in range(1, k + 1)]
         assert len(lines) == k + 1 and "keeps the most content" in lines[k]
+        # the answer teaches a pair: no note, no template text, no repeat (what distill.py
+        # rejects as degenerate; issue 27) -- copying a member is allowed, a clean one may win
+        from lmmixup.distill.degenerate import degenerate_reason
+
+        reason = degenerate_reason(answer, "", "", [])
+        assert reason == "", (reason, answer[:200])
 
 
 def test_clusters_respect_size_bounds(built):

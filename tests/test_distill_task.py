@@ -41,6 +41,14 @@ def test_each_task_is_detected_on_real_members(task):
     assert cluster_task(REAL_MEMBERS[task]) == task
 
 
+def test_the_para_shape_hint_has_nothing_to_copy():
+    from lmmixup.data.layout import SHAPES
+
+    # models trained on "<instruction>\n\n<a free-paragraph response>" wrote "<instruction>"
+    # into 65% of parsed pairs on a QA pool (issue 27); the hint is words now
+    assert "<" not in SHAPES["para"] and ">" not in SHAPES["para"]
+
+
 def test_cluster_vote_by_hand():
     tfq, typo = ("Do all baby birds have an egg tooth?", "False"), ("Do all an bids...", "Falae")
     # 1 of 2 members shows tfq ("Falae" hides the other's marker): half is enough for a specific task

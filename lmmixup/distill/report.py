@@ -39,40 +39,39 @@ def _save(fig, path: Path) -> None:
         fig.savefig(f, format="png", dpi=100, metadata={"Software": None})
 
 
+def _two_histograms(plt, path: Path, edges: np.ndarray, series, xlabel: str, title: str,
+                    vline=None) -> None:
+    """Two histograms over the same bins, side by side, each as fractions of its total."""
+    mids, width = (edges[:-1] + edges[1:]) / 2, 0.44 * (edges[1] - edges[0])
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for shift, (label, counts) in zip((-width / 2, width / 2), series):
+        hist = np.asarray(counts or [0] * len(mids), dtype=float)
+        ax.bar(mids + shift, hist / max(hist.sum(), 1), width=width, label=label)
+    if vline is not None:
+        ax.axvline(vline, color="k", ls="--", lw=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
 def _plots(out: Path, report: Dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    centres = (BINS[:-1] + BINS[1:]) / 2
-    fig, ax = plt.subplots(figsize=(6, 3.2))
     before, after = report["scores"]["pool"], report["scores"]["distilled"]
-    ax.bar(centres - 0.11, np.asarray(before) / max(sum(before), 1), width=0.22, label="pool (rated.jsonl)")
-    ax.bar(centres + 0.11, np.asarray(after) / max(sum(after), 1), width=0.22, label="distilled (re-rated)")
-    ax.axvline(report["thresholds"]["high"], color="k", ls="--", lw=1)
-    ax.set_xlabel("quality score (0-5)")
-    ax.set_ylabel("fraction")
-    ax.set_title("Ratings before and after distillation")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, out / "scores.png")
-    plt.close(fig)
-
+    _two_histograms(plt, out / "scores.png", BINS, (("pool (rated.jsonl)", before),
+                    ("distilled (re-rated)", after)), "quality score (0-5)",
+                    "Ratings before and after distillation", vline=report["thresholds"]["high"])
     coh = report["coherence"]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    edges = np.linspace(-0.2, 1.0, 13)
-    mids = (edges[:-1] + edges[1:]) / 2
-    for shift, key, label in ((-0.022, "clusters", "clusters"), (0.022, "random", "random, same sizes")):
-        hist = np.asarray(coh[key]["hist"] or [0] * len(mids), dtype=float)
-        ax.bar(mids + shift, hist / max(hist.sum(), 1), width=0.044, label=label)
-    ax.set_xlabel("mean pairwise cosine within a cluster")
-    ax.set_ylabel("fraction")
-    ax.set_title("Cluster coherence")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, out / "coherence.png")
-    plt.close(fig)
+    _two_histograms(plt, out / "coherence.png", np.linspace(-0.2, 1.0, 13),
+                    (("clusters", coh["clusters"]["hist"]), ("random, same sizes", coh["random"]["hist"])),
+                    "mean pairwise cosine within a cluster", "Cluster coherence")
 
     for name, data, title, xlabel in (
             ("cluster_sizes.png", report["cluster_sizes"], "Cluster sizes", "members"),

@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence
+from typing import Callable, List, Sequence
 
 import torch
 
@@ -46,22 +46,23 @@ class HeldOutPairs:
     clean: torch.Tensor  # (P,) bool: the reference of its cluster
 
 
-def held_out_pairs(split_file: Path) -> HeldOutPairs:
-    """A split JSONL (rows with reference, task, seed_id, members) -> its texts."""
+Items = List[tuple]  # (text, score, is_clean) of one row
+
+
+def _split_texts(split_file: Path, items: Callable[[dict], Items]) -> HeldOutPairs:
+    """A split JSONL -> HeldOutPairs with items(row)'s texts, cluster = the row's position; a
+    row that is not a MIXTURE row is one error naming the file and line."""
     from lmmixup.data.jsonl import iter_jsonl
-    from lmmixup.data.schema import render_pair
 
     if not split_file.is_file():
         raise LmmixupError(f"--mixture: no split file at {str(split_file)!r}")
     texts, scores, cluster, clean = [], [], [], []
     for c, (lineno, row) in enumerate(iter_jsonl(split_file)):
         try:
-            own = [(render_pair(row["task"], m["question"], m["answer"]), m["score"])
-                   for m in row["members"] if m["seed_id"] == row["seed_id"]]
-            items = [(row["reference"], 5, True)] + [(t, s, False) for t, s in own]
-        except (KeyError, TypeError, ValueError) as e:
+            rows = items(row)
+        except (KeyError, IndexError, TypeError, ValueError) as e:
             raise LmmixupError(f"{split_file}:{lineno}: not a MIXTURE row ({e})") from e
-        for text, score, is_clean in items:
+        for text, score, is_clean in rows:
             texts.append(text)
             scores.append(score)
             cluster.append(c)
@@ -70,6 +71,37 @@ def held_out_pairs(split_file: Path) -> HeldOutPairs:
         raise LmmixupError(f"{split_file}: no rows")
     return HeldOutPairs(texts=texts, scores=torch.tensor(scores), cluster=torch.tensor(cluster),
                         clean=torch.tensor(clean))
+
+
+def _clean_and_own(row: dict) -> Items:
+    from lmmixup.data.schema import render_pair
+
+    own = [(render_pair(row["task"], m["question"], m["answer"]), m["score"])
+           for m in row["members"] if m["seed_id"] == row["seed_id"]]
+    return [(row["reference"], 5, True)] + [(t, s, False) for t, s in own]
+
+
+def _clean_and_degenerate(row: dict) -> Items:
+    from lmmixup.data.layout import SHAPES
+    from lmmixup.data.schema import render_pair, split_pair
+
+    ref, task = row["reference"], row["task"]
+    notes = row["target"].split("<think>")[1].split("</think>")[0].strip()
+    first = row["members"][0]
+    member = render_pair(task, first["question"], first["answer"])
+    question, _ = split_pair(task, ref)
+    words = ref.split(" ")
+    bad = [notes, f"Write the merged pair in this shape:\n{SHAPES[task]}", f"Pair 1:\n{member}",
+           f"{ref}\n{ref}", " ".join(words[: max(1, len(words) // 2)])]
+    if task in ("qa", "para") and question:
+        bad.append(render_pair(task, question, question))
+    return [(ref, 5, True)] + [(t, 0, False) for t in bad]
+
+
+def held_out_pairs(split_file: Path) -> HeldOutPairs:
+    """A split JSONL (rows with reference, task, seed_id, members) -> each row's clean
+    reference (score 5) and its own members (their rated scores)."""
+    return _split_texts(split_file, _clean_and_own)
 
 
 def held_out_degenerate(split_file: Path) -> HeldOutPairs:
@@ -79,34 +111,7 @@ def held_out_degenerate(split_file: Path) -> HeldOutPairs:
     answer (qa, para); the reference said twice; the reference cut at half its words.
     No text of the split is in the library, and the notes come from lmmixup/data/notes.py,
     not from the generator the scorer's score-0 rows come from (rewards/degenerate_rows.py)."""
-    from lmmixup.data.jsonl import iter_jsonl
-    from lmmixup.data.layout import SHAPES
-    from lmmixup.data.schema import render_pair, split_pair
-
-    texts, scores, cluster, clean = [], [], [], []
-    for c, (lineno, row) in enumerate(iter_jsonl(split_file)):
-        try:
-            ref, task = row["reference"], row["task"]
-            notes = row["target"].split("<think>")[1].split("</think>")[0].strip()
-            first = row["members"][0]
-            member = render_pair(task, first["question"], first["answer"])
-        except (KeyError, IndexError, TypeError, ValueError) as e:
-            raise LmmixupError(f"{split_file}:{lineno}: not a MIXTURE row ({e})") from e
-        question, _ = split_pair(task, ref)
-        words = ref.split(" ")
-        bad = [notes, f"Write the merged pair in this shape:\n{SHAPES[task]}",
-               f"Pair 1:\n{member}", f"{ref}\n{ref}", " ".join(words[: max(1, len(words) // 2)])]
-        if task in ("qa", "para") and question:
-            bad.append(render_pair(task, question, question))
-        for text, score, is_clean in [(ref, 5, True)] + [(t, 0, False) for t in bad]:
-            texts.append(text)
-            scores.append(score)
-            cluster.append(c)
-            clean.append(is_clean)
-    if not texts:
-        raise LmmixupError(f"{split_file}: no rows")
-    return HeldOutPairs(texts=texts, scores=torch.tensor(scores), cluster=torch.tensor(cluster),
-                        clean=torch.tensor(clean))
+    return _split_texts(split_file, _clean_and_degenerate)
 
 
 def cluster_win_rates(expected: torch.Tensor, pairs: HeldOutPairs) -> torch.Tensor:
