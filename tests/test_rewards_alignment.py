@@ -81,6 +81,11 @@ def paper_cfg(tmp_path) -> RewardConfig:
                              OmegaConf.load(ROOT / "conf/reward/paper.yaml"))
     merged.quality.library = str(lib)
     merged.quality.k = 8
+    # 20 clean synthetic texts, none in a Q:/A: shape: the score-0 degenerate rows' shape lines
+    # ("Q: <question>\nA: <answer>") would be the only "Q:" the scorer ever saw, and the qa
+    # answer below would score 0 for its shape alone (MIXTURE's library has Q:/A: pairs at
+    # every score, so there it carries no signal)
+    merged.quality.learned.degenerate = False
     cfg = OmegaConf.to_object(merged)
     cfg.validate()
     return cfg
