@@ -114,8 +114,6 @@ def mean_ci(values: List[float]) -> str:
 
 def score_run(run: Path, pool_file: Path, mixture: Path) -> Dict:
     """A distill run folder on a flattened test pool -> the module docstring's counts."""
-    import torch
-
     from lmmixup.data.jsonl import iter_jsonl
     from lmmixup.distill.degenerate import degenerate_reason
     from lmmixup.distill.formats import sample_id
@@ -164,7 +162,7 @@ def score_run(run: Path, pool_file: Path, mixture: Path) -> Dict:
         "kept": len(kept), "repaired_kept_n": sum(i["repaired"] for i in kept),
         "repaired_of_kept": mean_ci([float(i["repaired"]) for i in kept]),
         "gate": gate_table(parsed),
-        "_items": items, "_torch": torch.__version__,
+        "_items": items,
     }
 
 

@@ -202,6 +202,15 @@ def capacity_kmeans(emb: np.ndarray, cfg: PoolClusterConfig, rng: np.random.Gene
     return Clustering(clusters, leftover, reason)
 
 
+def similarity_blocks(x: torch.Tensor, chunk: int):
+    """Unit vectors (n, D) -> (start, (c, n) cosines of points start..start+c to all) blocks, each
+    point's cosine to itself set to -2 so that it is never its own neighbour."""
+    for s in range(0, x.shape[0], chunk):
+        block = x[s:s + chunk] @ x.T  # (c, n)
+        block[torch.arange(block.shape[0]), torch.arange(s, s + block.shape[0])] = -2.0
+        yield s, block
+
+
 def agglomerative(emb: np.ndarray, cfg: PoolClusterConfig) -> Clustering:
     """Unit vectors (n, D) of one source -> average-link clusters of size_min..size_max whose
     members are at least min_similarity alike (module docstring)."""
@@ -209,9 +218,7 @@ def agglomerative(emb: np.ndarray, cfg: PoolClusterConfig) -> Clustering:
     x = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))  # (n, D)
     m = min(cfg.candidates, n - 1)
     edges = []  # (-cosine, i, j) with i < j
-    for s in range(0, n, cfg.chunk_size):
-        block = x[s:s + cfg.chunk_size] @ x.T  # (c, n)
-        block[torch.arange(block.shape[0]), torch.arange(s, s + block.shape[0])] = -2.0
+    for s, block in similarity_blocks(x, cfg.chunk_size):  # (c, n) each
         if m > 0:
             top = block.topk(m, dim=1)  # (c, m)
             for r, (sims, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
@@ -241,9 +248,7 @@ def nearest_similarity(x: torch.Tensor, chunk: int) -> torch.Tensor:
     chunk x n similarities at a time."""
     n = x.shape[0]
     best = torch.full((n,), -1.0)
-    for s in range(0, n, chunk):
-        block = x[s:s + chunk] @ x.T  # (c, n)
-        block[torch.arange(block.shape[0]), torch.arange(s, s + block.shape[0])] = -2.0  # not itself
+    for s, block in similarity_blocks(x, chunk):  # (c, n) each
         if n > 1:
             best[s:s + chunk] = block.max(dim=1).values  # (c,)
     return best  # (n,)
