@@ -14,9 +14,11 @@ writes its files into `out` atomically and is skipped when they are complete (.w
   4. clusters.jsonl     the low-quality samples of each source in clusters of 2-5 (capacity-limited
                         k-means); unclustered.jsonl names every sample left out and why
   5. generated.jsonl    each cluster in training's prompt layout, distilled greedily in batches by
-                        the rollout engine; <answer> parsed into instruction/output, failures kept
-                        with their reason
-  6. rerated.jsonl      each distilled pair rated; kept when >= distill.keep_threshold
+                        the rollout engine (a failed pair sampled again, distill.retries);
+                        <answer> parsed into instruction/output, failures kept with their reason
+  6. rerated.jsonl      each distilled pair rated; kept when it has no surface defect, is
+                        >= distill.keep_threshold (and, if distill.min_gain is set, beats its
+                        cluster's best member by that much)
   7. distilled.jsonl    plus the long-tail diversity score and the rank (quality, then long tail)
   8. mix.jsonl          original high-quality rows + top distilled rows: exactly mix.size rows at
                         mix.distilled_fraction, shuffled with the seed
@@ -48,7 +50,8 @@ from lmmixup.data.jsonl import atomic_open, atomic_write_jsonl, atomic_write_tex
 from lmmixup.distill.cluster import cluster_by_source, coherence, random_coherence
 from lmmixup.distill.config import DistillConfig, register_distill_configs
 from lmmixup.distill.formats import check_input, iter_pool, pair_text, parse_input, question_text, sample_id
-from lmmixup.distill.generate import GenerateConfig, cluster_prompt, distill_batch, parse_distilled
+from lmmixup.distill.defects import pair_defects
+from lmmixup.distill.generate import GenerateConfig, cluster_prompt, distill_clusters, member_pairs
 from lmmixup.distill.longtail import long_tail_scores, rank_order
 from lmmixup.distill.mix import build_mix
 from lmmixup.distill.rate import build_rater, check_rater, embed_texts, load_embedder
@@ -57,6 +60,7 @@ from lmmixup.distill.task import cluster_task
 from lmmixup.distill.state import (STAGES, RunState, check_out_folder, kill_point, reuse_stages,
                                    run_sharded)
 from lmmixup.dist.context import LOCAL, DistContext, close_distributed, join_torchrun
+from lmmixup.dist.shard import group_seed
 from lmmixup.errors import LmmixupError
 
 register_distill_configs()
@@ -290,7 +294,8 @@ def run(dcfg: DictConfig) -> None:
     stage("cluster", ["clusters.jsonl", "unclustered.jsonl"], cluster)
 
     # 5. Distil each cluster: the evaluation path's prompt in the cluster's task layout,
-    #    greedy, the rollout engine, a budget from the members' lengths, stop at </answer>.
+    #    greedy, the rollout engine, a budget from the members' lengths, stop at </answer>;
+    #    a cluster whose pair fails is sampled again (distill.retries).
     def generate() -> Dict:
         clusters = [r for _, r in iter_jsonl(out / "clusters.jsonl")]
         members = {r["id"]: r for _, r in iter_jsonl(out / "low.jsonl")}
@@ -302,25 +307,19 @@ def run(dcfg: DictConfig) -> None:
 
         def work_batch(j: int, batch: List[int]) -> List[Dict]:
             model, tokenizer, stop_ids, device, dtype = parts.distiller
-            gens = distill_batch(model, tokenizer, [prompts[i] for i in batch], cfg.distill,
-                                 stop_ids, device, dtype)
+            seeds = [group_seed(cfg.seed, 0, i) for i in batch]  # cluster i's own retry stream
+            done = distill_clusters(model, tokenizer, [prompts[i] for i in batch], seeds,
+                                    cfg.distill, stop_ids, device, dtype)
             rows = []
-            for i, gen in zip(batch, gens):
-                c, prompt = clusters[i], prompts[i]
-                if gen.prompt_tokens > cfg.distill.max_prompt_tokens:
-                    parsed = ("prompt_too_long", "", "", "")
-                    ok = False
-                else:
-                    ok, *parsed = parse_distilled(gen.completion, gen.truncated, prompt.task,
-                                                  prompt.members)
-                reason, instruction, output, answer = parsed
-                rows.append({"cluster_id": c["id"], "source": c["source"], "task": prompt.task,
-                             "member_ids": c["member_ids"], "ok": ok, "reason": reason,
-                             "instruction": instruction, "input": "", "output": output,
-                             "answer": answer, "completion": gen.completion,
+            for i, (gen, parsed, attempts) in zip(batch, done):
+                c = clusters[i]
+                rows.append({"cluster_id": c["id"], "source": c["source"], "task": prompts[i].task,
+                             "member_ids": c["member_ids"], "ok": parsed.ok, "reason": parsed.reason,
+                             "instruction": parsed.instruction, "input": "", "output": parsed.output,
+                             "answer": parsed.answer, "completion": gen.completion,
                              "truncated": gen.truncated, "completion_tokens": gen.tokens,
                              "budget": gen.budget, "think_tokens": gen.think_tokens,
-                             "prompt_tokens": gen.prompt_tokens})
+                             "prompt_tokens": gen.prompt_tokens, "attempts": attempts})
             return rows
 
         paths = run_sharded(work / "generate", batches, len(clusters), work_batch, "distill",
@@ -334,28 +333,35 @@ def run(dcfg: DictConfig) -> None:
         reasons = [r["reason"] for r in rows if not r["ok"]]
         tasks = [r["task"] for r in rows]
         think = sorted(r["think_tokens"] for r in rows if r["completion"])
+        retried = [r for r in rows if r["attempts"] > 1]
         return {"generated": len(rows), "ok": len(rows) - len(reasons),
+                "retried": len(retried), "passed_on_retry": sum(r["ok"] for r in retried),
                 "failures": {k: reasons.count(k) for k in sorted(set(reasons))},
                 "tasks": {k: tasks.count(k) for k in sorted(set(tasks))},
                 "think_tokens_median": think[len(think) // 2] if think else 0}
 
     stage("generate", ["generated.jsonl"], generate, sharded=True)
 
-    # 6. Re-rate each distilled pair in its task's shape; keep those >= distill.keep_threshold
-    #    that beat their cluster's best member by more than distill.min_gain.
+    # 6. Re-rate each distilled pair in its task's shape; keep those with no surface defect
+    #    (lmmixup/distill/defects.py), >= distill.keep_threshold (and, when distill.min_gain is
+    #    set, better than their cluster's best member by more than that).
     def rerate() -> Dict:
         n = sum(1 for _ in iter_jsonl(out / "generated.jsonl"))
         paths = rate_sharded(parts, work / "rerate", (r for _, r in iter_jsonl(out / "generated.jsonl")),
                              n, lambda r: r["ok"], "rerate")
         if not dist.is_main:
             return {}
-        member_score = {r["id"]: r["score"] for _, r in iter_jsonl(out / "low.jsonl")}
+        low = {r["id"]: r for _, r in iter_jsonl(out / "low.jsonl")}
         drops: Dict[str, int] = {}
         with atomic_open(out / "rerated.jsonl") as f:
             for path in paths:
                 for _, row in iter_jsonl(path):
-                    best = max(member_score[m] for m in row["member_ids"])
+                    members = [low[m] for m in row["member_ids"]]
+                    best = max(m["score"] for m in members)
                     row["best_member_score"] = best
+                    row["defects"] = (pair_defects(row["task"], row["instruction"], row["output"],
+                                                   member_pairs(members, cfg.distill.member_chars))
+                                      if row["ok"] else [])
                     row["drop"] = keep_verdict(row, best, cfg.distill)
                     row["kept"] = not row["drop"]
                     drops[row["drop"] or "kept"] = drops.get(row["drop"] or "kept", 0) + 1
@@ -417,13 +423,16 @@ def coherence_summary(values: Sequence[float]) -> Dict:
 
 
 def keep_verdict(row: Dict, best_member: float, cfg: GenerateConfig) -> str:
-    """'' when a re-rated pair is kept, else why not: its failure reason, below_keep_threshold,
-    or no_gain (it does not beat its cluster's best member by more than distill.min_gain)."""
+    """'' when a re-rated pair is kept, else why not: its failure reason, defect:<name> (the
+    first surface defect, when distill.reject_defects), below_keep_threshold, or no_gain (when
+    distill.min_gain is set: it does not beat its cluster's best member by more than that)."""
     if not row["ok"]:
         return row["reason"]
+    if cfg.reject_defects and row["defects"]:
+        return f"defect:{row['defects'][0]}"
     if row["score"] < cfg.keep_threshold:
         return "below_keep_threshold"
-    if row["score"] - best_member <= cfg.min_gain:
+    if cfg.min_gain is not None and row["score"] - best_member <= cfg.min_gain:
         return "no_gain"
     return ""
 

@@ -18,6 +18,7 @@ parity. The first --rows rows of grpo_test.jsonl are scored twice with the same 
   * product path: the rows' members flattened into a pool whose `source` is the row (distill.py
     clusters per source, so each row's members form its cluster again), then `distill.py` with
     rate.high_threshold=5 (every sample counts as low quality and is distilled),
+    distill.retries=0 (the eval decodes each row once; retries only add to the product path),
     distill.member_chars large enough to cut nothing, and distill.max_new_tokens equal to the
     eval's budget. Its completions are scored by the same rewards against the row's reference.
   The table gives both paths' means and the paired difference (product - eval, bootstrap 95%
@@ -31,7 +32,8 @@ that share), and its answer block is checked by one stated rule, `fully_repaired
   * clean: no filler phrase of lmmixup.data.degrade.FILLERS, no "...", no word that is neither an
     English word (the embedder's vocabulary) nor in the reference (a misspelling left in);
   * not degenerate (lmmixup.distill.degenerate).
-Reported: parse rate (the run's own `ok`), echo/notes share of the parsed answers (by the
+Reported: parse rate (the run's own `ok`), the in-shape rate (an answer block in its task's
+shape with both fields, degenerate or not: the issue's "parsed"), echo/notes share of the parsed answers (by the
 degenerate checks, whatever the run's code called them), purity, fully repaired among parsed
 and among kept pairs, with 95% CIs.
 """
@@ -115,7 +117,7 @@ def mean_ci(values: List[float]) -> str:
 def score_run(run: Path, pool_file: Path, mixture: Path) -> Dict:
     """A distill run folder on a flattened test pool -> the module docstring's counts."""
     from lmmixup.data.jsonl import iter_jsonl
-    from lmmixup.distill.degenerate import degenerate_reason
+    from lmmixup.distill.degenerate import DEGENERATE_REASONS, degenerate_reason
     from lmmixup.distill.formats import sample_id
     from lmmixup.rewards.answer import extract_answer
     from lmmixup.rewards.embedder import EmbedderConfig, get_embedder
@@ -137,8 +139,10 @@ def score_run(run: Path, pool_file: Path, mixture: Path) -> Dict:
         ref, task = seed_ref.get(seed, ("", "para"))
         rr = rerated.get(g["cluster_id"], {})
         items.append({"purity": top / len(g["member_ids"]), "ok": bool(g["ok"]),
+                      "in_shape": bool(g["ok"]) or g["reason"] in DEGENERATE_REASONS,
                       "kept": bool(rr.get("kept", False)), "score": rr.get("score"),
                       "best_member": rr.get("best_member_score"),
+                      "defects": rr.get("defects") or [], "attempts": g.get("attempts", 1),
                       "answer": answer, "ref": ref, "task": task,
                       "echo": degenerate_reason(answer, "", "", []) in ("template_echo", "notes_in_answer")
                       if answer else False})
@@ -153,6 +157,7 @@ def score_run(run: Path, pool_file: Path, mixture: Path) -> Dict:
     return {
         "run": str(run), "clusters": len(items),
         "parse_rate": mean_ci([float(i["ok"]) for i in items]), "parsed": len(parsed),
+        "in_shape_rate": mean_ci([float(i["in_shape"]) for i in items]),
         "echo_or_notes_of_parsed": mean_ci([float(i["echo"]) for i in parsed]),
         "echo_or_notes_parsed_n": sum(i["echo"] for i in parsed),
         "purity": mean_ci([i["purity"] for i in items]),
@@ -161,6 +166,7 @@ def score_run(run: Path, pool_file: Path, mixture: Path) -> Dict:
         "repaired_parsed_n": sum(i["repaired"] for i in parsed),
         "kept": len(kept), "repaired_kept_n": sum(i["repaired"] for i in kept),
         "repaired_of_kept": mean_ci([float(i["repaired"]) for i in kept]),
+        "passed_on_retry": sum(i["ok"] and i["attempts"] > 1 for i in items),
         "gate": gate_table(parsed),
         "_items": items,
     }
@@ -168,19 +174,22 @@ def score_run(run: Path, pool_file: Path, mixture: Path) -> Dict:
 
 def gate_table(parsed: List[Dict]) -> List[Dict]:
     """Precision and recall of the keep gate against `fully_repaired`, over the parsed pairs:
-    kept = score >= keep and (score - best member > min_gain); min_gain None = no relative gate."""
+    kept = score >= keep and (score - best member > min_gain) and (no surface defect, when
+    defects is True); min_gain None = no relative gate."""
     rows = []
     scored = [i for i in parsed if i["score"] is not None]
     good = sum(i["repaired"] for i in scored)
-    for keep in (3.0, 3.5, 4.0):
-        for gain in (None, 0.0, 0.25, 0.5):
-            kept = [i for i in scored if i["score"] >= keep and (
-                gain is None or i["best_member"] is None or i["score"] - i["best_member"] > gain)]
-            hit = sum(i["repaired"] for i in kept)
-            rows.append({"keep_threshold": keep, "min_gain": gain, "kept": len(kept),
-                         "repaired_kept": hit,
-                         "precision": round(hit / len(kept), 3) if kept else None,
-                         "recall": round(hit / good, 3) if good else None})
+    for defects in (False, True):
+        for keep in (2.5, 3.0, 3.5, 4.0):
+            for gain in (None, 0.0, 0.25):
+                kept = [i for i in scored if i["score"] >= keep and (
+                    gain is None or i["best_member"] is None or i["score"] - i["best_member"] > gain)
+                    and not (defects and i["defects"])]
+                hit = sum(i["repaired"] for i in kept)
+                rows.append({"reject_defects": defects, "keep_threshold": keep, "min_gain": gain,
+                             "kept": len(kept), "repaired_kept": hit,
+                             "precision": round(hit / len(kept), 3) if kept else None,
+                             "recall": round(hit / good, 3) if good else None})
     return rows
 
 
@@ -227,7 +236,7 @@ def run_parity(args) -> Dict:
     dist_dir = out / "distill"
     proc = subprocess.run([py, str(ROOT / "distill.py"), f"input={pool_file}", f"out={dist_dir}",
                            f"model.name_or_path={args.model}", f"rate.quality.library={mixture / 'rated.jsonl'}",
-                           "rate.high_threshold=5.0", "distill.member_chars=100000",
+                           "rate.high_threshold=5.0", "distill.retries=0", "distill.member_chars=100000",
                            "distill.max_prompt_tokens=4096", f"distill.max_new_tokens={args.max_new_tokens}",
                            "mix.size=1", "mix.distilled_fraction=1", "progress=false",
                            *args.distill_overrides], cwd=ROOT, capture_output=True, text=True)

@@ -211,22 +211,30 @@ def test_min_similarity_leaves_every_sample_accounted_for(library, finished, tmp
 
 
 def test_keep_verdict_by_hand():
-    """The re-rating gate: failures keep their reason; then the keep threshold; then the gain
-    over the cluster's best member must exceed distill.min_gain."""
+    """The re-rating gate: failures keep their reason; then a surface defect; then the keep
+    threshold; then the gain over the cluster's best member must exceed distill.min_gain."""
+    import dataclasses
+
     import distill as script
     from lmmixup.distill.generate import GenerateConfig
 
     cfg = GenerateConfig(keep_threshold=4.0, min_gain=0.25)
-    ok = {"ok": True, "reason": ""}
+    ok = {"ok": True, "reason": "", "defects": []}
+    typo = dict(ok, score=4.9, defects=["misspelled", "filler"])
+    assert script.keep_verdict(typo, 1.0, cfg) == "defect:misspelled"  # the first one named
+    assert script.keep_verdict(typo, 1.0, dataclasses.replace(cfg, reject_defects=False)) == ""
     assert script.keep_verdict({"ok": False, "reason": "template_echo", "score": None}, 3.0, cfg) == "template_echo"
     assert script.keep_verdict(dict(ok, score=3.9), 1.0, cfg) == "below_keep_threshold"
     # 4.2 - 3.9 = 0.3 > 0.25: kept; 4.2 - 3.95 = 0.25, not more than 0.25: no_gain
     assert script.keep_verdict(dict(ok, score=4.2), 3.9, cfg) == ""
     assert script.keep_verdict(dict(ok, score=4.2), 3.95, cfg) == "no_gain"
+    # min_gain unset (the default): the best member's score is not consulted
+    assert script.keep_verdict(dict(ok, score=4.2), 4.9, dataclasses.replace(cfg, min_gain=None)) == ""
 
 
 @pytest.mark.parametrize("extra,message", [
     (["distill.task=essay"], "distill.task: unknown task 'essay'; known: auto, qa, mcq, tfq, cs, para"),
+    (["distill.retries=-1"], "distill.retries: must be >= 0"),
     (["cluster.min_similarity=1.5"], "cluster.min_similarity: must be a cosine in [-1, 1], got 1.5"),
     (["input=sharegpt:20000"], "input: 'sharegpt:20000': the packaged sharegpt pool has 17,330 "
      "samples (17,671 complete conversations, 17,330 with a question and a reply); ask for at "

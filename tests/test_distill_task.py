@@ -177,3 +177,102 @@ def test_token_budget_by_hand():
     # 40 + 24 * 2 + ceil(1.5 * 9) = 40 + 48 + 14 = 102
     assert token_budget(Words(), members, cap=512) == 102
     assert token_budget(Words(), members, cap=64) == 64
+
+
+# ---- surface defects a distilled pair keeps (lmmixup/distill/defects.py) ----------------------
+
+@pytest.mark.parametrize("task, instruction, output, defect", [
+    # both mcq members answer C (one with filler and a repeat, folded away): B is the minority
+    ("mcq", SKYLAR, "B", "answer_differs"),
+    # 'certificaet' is a typo of the other member's 'certificate', an English word
+    ("tfq", "Is the certificaet of incorporation the same as the articles of incorporation?",
+     "True", "misspelled"),
+    ("tfq", "Can you tell me: is the certificate of incorporation the same as the articles of "
+     "incorporation?", "True", "filler"),
+    ("cs", "Plays like a volatile and...", "Movie review sentiment: negative", "cut_off"),
+    ("cs", "Plays like a volatile magazine \u2026", "Movie review sentiment: negative", "cut_off"),
+    ("qa", "WHEN DID SCOTLAND LAST QUALIFY FOR WORLD CUP?", "1998", "casing"),
+    ("qa", "Which planet has the most moons in the solar system?", "1998", "different_question"),
+])
+def test_each_pair_defect_on_a_real_cluster(task, instruction, output, defect):
+    from lmmixup.distill.defects import pair_defects
+
+    assert defect in pair_defects(task, instruction, output, REAL_MEMBERS[task])
+
+
+def test_an_answer_fewer_than_half_the_members_give_is_unsupported():
+    from lmmixup.distill.defects import pair_defects
+
+    q = "When did Scotland last qualify for the World Cup?"
+    split = [("When did scotland last that thing for world cup?", "1998"),
+             ("WHEN DID SCOTLAND LAST QUALIFY FOR WORLD CUP?", "2002")]
+    # 1 of 2 members gives 1998: half is support; 1966 has none; no strict majority, so no
+    # answer_differs either way
+    assert pair_defects("qa", q, "1998", split) == []
+    assert pair_defects("qa", q, "1966", split) == ["answer_unsupported"]
+    # qa answers are compared by their words: "In 1998." holds the member's "1998"
+    assert pair_defects("qa", q, "In 1998.", split) == []
+    # para answers are rewritten by a merge: not checked
+    assert "answer_unsupported" not in pair_defects("para", q, "It was 1966.", split)
+
+
+@pytest.mark.parametrize("task, instruction, output", [
+    ("mcq", SKYLAR, "C"),
+    ("tfq", "Is the certificate of incorporation the same as the articles of incorporation?", "True"),
+    ("cs", "Plays like a volatile and overlong magazine fashion spread.", "Movie review sentiment: negative"),
+    ("qa", "When did Scotland last qualify for the World Cup?", "1998"),
+])
+def test_the_repaired_pair_has_no_defect(task, instruction, output):
+    from lmmixup.distill.defects import pair_defects
+
+    assert pair_defects(task, instruction, output, REAL_MEMBERS[task]) == []
+
+
+# ---- retries: the first passing attempt is kept, each cluster on its own stream ---------------
+
+def test_retries_keep_the_first_pair_that_passes(monkeypatch):
+    from lmmixup.distill import generate as g
+
+    ok = "<think>\nPair 1: no surface defect found.\nPair 1 keeps the most content.\n</think>\n\n" \
+         "<answer>\nQ: When did Scotland last qualify for the World Cup?\nA: 1998\n</answer>"
+    loop = "<think>\nPair 1: x\n" + "Pair 1: x\n" * 20  # no answer block, ran to its budget
+    script = {0: [loop, ok, loop], 1: [loop, ok], 2: [ok]}  # attempt -> completion per call row
+    calls = []
+
+    def fake_batch(model, tokenizer, prompts, cfg, stop_ids, device, dtype=None, attempt=0, seeds=None):
+        calls.append((attempt, [p.members[0][0] for p in prompts], seeds))
+        return [g.Generation(text, text == loop, 10, 50, 200, 3) for text in script[attempt]]
+
+    monkeypatch.setattr(g, "distill_batch", fake_batch)
+    members = [("When did scotland last that thing for world cup?", "1998")]
+    prompts = [g.ClusterPrompt("qa", [(f"q{i}", "1998")] + members, []) for i in range(3)]
+    cfg = g.GenerateConfig(retries=2)
+    got = g.distill_clusters(None, None, prompts, [11, 12, 13], cfg, [], "cpu")
+    # cluster 1 passed greedily (1 rollout), 2 on its first retry, 0 on its second
+    assert [d.attempts for d in got] == [3, 1, 2]
+    assert [d.parsed.ok for d in got] == [True, True, True]
+    assert [c[1] for c in calls] == [["q0", "q1", "q2"], ["q0", "q2"], ["q0"]]
+    # the retry streams: group_seed(cluster seed, attempt, 0), one per cluster
+    assert calls[1][2] == [g.group_seed(11, 1, 0), g.group_seed(13, 1, 0)]
+    # with no retries the failure keeps its greedy text and reason
+    calls.clear()
+    none = g.distill_clusters(None, None, prompts, [11, 12, 13], g.GenerateConfig(retries=0), [], "cpu")
+    assert [d.parsed.reason for d in none] == ["truncated", "", "truncated"] and len(calls) == 1
+
+
+def test_a_retry_does_not_depend_on_its_batch():
+    from lmmixup.distill.generate import GenerateConfig, cluster_prompt, distill_batch
+    from lmmixup.models import ModelConfig, load_model, load_tokenizer, stop_token_ids
+
+    tok = load_tokenizer(ModelConfig())
+    model = load_model(ModelConfig(name_or_path="tiny"), tok).eval()
+    cfg = GenerateConfig(max_new_tokens=24)
+    rows = lambda pairs: [{"instruction": q, "input": "", "output": a} for q, a in pairs]  # noqa: E731
+    prompts = [cluster_prompt(rows(REAL_MEMBERS[t]), cfg) for t in ("qa", "mcq")]
+    stop = stop_token_ids(tok, model)
+    both = distill_batch(model, tok, prompts, cfg, stop, "cpu", attempt=1, seeds=[5, 6])
+    alone = distill_batch(model, tok, prompts[1:], cfg, stop, "cpu", attempt=1, seeds=[6])
+    assert both[1].completion == alone[0].completion and both[1].completion
+    # another seed is another draw; the greedy attempt ignores seeds
+    other = distill_batch(model, tok, prompts[1:], cfg, stop, "cpu", attempt=1, seeds=[7])
+    assert other[0].completion != alone[0].completion

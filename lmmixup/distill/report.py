@@ -141,7 +141,9 @@ def _markdown(report: Dict) -> str:
               f"{coh['random']['mean']}, median {coh['random']['median']}.", "",
               f"Unclustered: {shown(report['unclustered'])}. Tasks: {shown(report['tasks'])}. "
               f"Median think block: {report['think_tokens_median']} tokens.", "",
-              f"Failures: {shown(report['failures'])}. Not kept: {shown(report['not_kept'])}.", "",
+              f"Failures: {shown(report['failures'])} (after retries: {c['generate']['retried']} "
+              f"clusters sampled again, {c['generate']['passed_on_retry']} passed). "
+              f"Not kept: {shown(report['not_kept'])}.", "",
               "![scores](scores.png) ![cluster sizes](cluster_sizes.png) "
               "![coherence](coherence.png) ![failures](failures.png)",
               "", "## Examples (best-ranked distilled pairs)"]

@@ -53,6 +53,7 @@ KEY_STAGES: Dict[str, str] = {
     "distill.task": "normalize",  # each sample is rated in its task's shape
     "distill.keep_threshold": "rerate",
     "distill.min_gain": "rerate",
+    "distill.reject_defects": "rerate",
     "longtail": "longtail",
     "mix": "mix",
     "report": "report",

@@ -1,0 +1,70 @@
+"""Surface defects a distilled pair still carries, found by the think notes' own detectors.
+
+The distiller's notes name each member's defects with detectors that read only the prompt's
+text (lmmixup/data/notes.py). A merged pair is the cluster's repair, so the same detectors,
+run on the pair as one more member beside the cluster, must find nothing. The learned rater
+cannot see these: on MIXTURE's test pool it scored pairs that kept a member's typo, filler or
+minority answer as high as clean repairs (docs/LOG.md, 2026-12-06), so at no keep threshold
+were 90% of the kept pairs repaired. A pair with any defect is not kept (distill.reject_defects):
+the gate trades recall for precision, since a kept pair goes into a training set.
+
+    answer_differs      a strict majority of the members agree on one answer (up to filler and
+                        a typo) and the pair gives another
+    answer_unsupported  fewer than half of the members give the pair's answer (up to filler and
+                        a typo; for qa also when one side's answer words are all in the other):
+                        an answer from nowhere, or one side of a split the pair cannot settle.
+                        Not checked for para, whose free-text answers a merge rewrites
+    cut_off             the question or the answer ends in '...', or holds '…' (the prompt's
+                        own mark for a member it clipped)
+    misspelled          a word that is not English, found in no member spelled that way, but a
+                        typo away from an English word a member has (notes: misspelled)
+    filler              a known filler phrase (notes: filler)
+    casing              all capitals, all lower case where members have capitals, random word
+                        casing, tripled end punctuation (notes: casing)
+    different_question  the pair's question shares < 1/3 of its content with every member's
+
+All are reference-free: distill.py knows the members, never the answer.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+from lmmixup.data.content import content_words, tokens
+from lmmixup.data.notes import DETECTORS, answers_agree, majority_answer
+
+PAIR_DEFECTS = ("answer_differs", "answer_unsupported", "cut_off", "misspelled", "filler", "casing",
+                "different_question")
+CLIP_MARK = "\u2026"  # lmmixup/distill/generate.py `clip` ends a cut member with it
+
+
+def supports(member_answer: str, answer: str, task: str) -> bool:
+    """Does a member give this answer? Labels (mcq, tfq, cs) up to filler and a typo; qa also
+    when one side's content words are all in the other ("1998" and "In 1998.")."""
+    if answers_agree(member_answer, answer):
+        return True
+    if task != "qa":
+        return False
+    mine, theirs = set(content_words(answer)) or set(tokens(answer)), set(tokens(member_answer))
+    other, own = set(content_words(member_answer)) or theirs, set(tokens(answer))
+    return bool(mine) and (mine <= theirs or other <= own)
+
+
+def pair_defects(task: str, instruction: str, output: str,
+                 members: Sequence[Tuple[str, str]]) -> List[str]:
+    """The PAIR_DEFECTS (module docstring) the parsed pair has, in that order; [] when clean.
+    members: the cluster's (question, answer) as the prompt showed them."""
+    k = len(members)
+    both = list(members) + [(instruction, output)]  # the pair is member k
+    found = []
+    major = majority_answer(members)  # the members' vote, without the pair's
+    if major is not None and not answers_agree(output, members[major][1]):
+        found.append("answer_differs")
+    if task != "para" and 2 * sum(supports(a, output, task) for _, a in members) < k:
+        found.append("answer_unsupported")
+    if CLIP_MARK in instruction + output or DETECTORS["cut_off"](k, both):
+        found.append("cut_off")
+    for name in ("misspelled", "filler", "casing", "different_question"):
+        if DETECTORS[name](k, both):
+            found.append(name)
+    return found
