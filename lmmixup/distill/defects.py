@@ -38,16 +38,20 @@ PAIR_DEFECTS = ("answer_differs", "answer_unsupported", "cut_off", "misspelled",
 CLIP_MARK = "\u2026"  # lmmixup/distill/generate.py `clip` ends a cut member with it
 
 
+def _answer_words(text: str) -> set:
+    return set(content_words(text)) or set(tokens(text))  # "It", "A": the token itself
+
+
 def supports(member_answer: str, answer: str, task: str) -> bool:
     """Does a member give this answer? Labels (mcq, tfq, cs) up to filler and a typo; qa also
-    when one side's content words are all in the other ("1998" and "In 1998.")."""
+    when one side's answer words are all in the other ("1998" and "In 1998.")."""
     if answers_agree(member_answer, answer):
         return True
     if task != "qa":
         return False
-    mine, theirs = set(content_words(answer)) or set(tokens(answer)), set(tokens(member_answer))
-    other, own = set(content_words(member_answer)) or theirs, set(tokens(answer))
-    return bool(mine) and (mine <= theirs or other <= own)
+    ours, theirs = _answer_words(answer), _answer_words(member_answer)
+    return bool(ours and theirs) and (ours <= set(tokens(member_answer))
+                                      or theirs <= set(tokens(answer)))
 
 
 def pair_defects(task: str, instruction: str, output: str,
