@@ -44,7 +44,8 @@ def unsupported_reason(model, max_len: Optional[int] = None) -> Optional[str]:
         if max_len is None or (window is not None and window < max_len):
             return (f"this Qwen2 model uses sliding-window attention (window {window} < "
                     f"prompt+completion length {max_len})")
-    rope_cfg = getattr(cfg, "rope_scaling", None) or {}
+    # transformers 5 keeps RoPE settings in `rope_parameters`, 4.x in `rope_scaling`
+    rope_cfg = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     if rope_cfg.get("rope_type", rope_cfg.get("type")) == "dynamic":
         return "dynamic RoPE scaling (frequencies that depend on the sequence length) is not supported"
     if getattr(cfg, "hidden_act", "silu") != "silu":
