@@ -4,7 +4,7 @@ PY := .venv/bin/python
 
 .PHONY: install train smoke test bench
 install: .venv/.installed
-.venv/.installed: pyproject.toml scripts/install.sh
+.venv/.installed: pyproject.toml scripts/install.sh scripts/tested-versions.txt
 	bash scripts/install.sh
 
 train: install

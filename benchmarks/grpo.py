@@ -287,11 +287,13 @@ def matmul_peak_gflops(reps: int, dtype: torch.dtype = torch.float32) -> float:
     MKL here; bf16: oneDNN's bf16 kernel) and, in fp32 on CPU, through oneDNN too. On this AMD
     CPU oneDNN runs fp32 2048^2 at ~208 GFLOP/s and MKL at ~135, so a peak measured with
     torch.mm alone would flatter the fraction."""
+    from lmmixup import onednn  # like this file's other lmmixup imports: only where used
+
     best = 0.0
     for size in (1024, 2048, 3072):
         a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
         kernels = [lambda: a @ b]
-        if torch.backends.mkldnn.is_available() and dtype == torch.float32:
+        if onednn.usable() and dtype == torch.float32:  # the private ops still work
             packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), size)
             kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
         for kernel in kernels:

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from lmmixup.errors import LmmixupError
+from lmmixup import onednn
 from lmmixup.kernel_choice import current_choice
 from lmmixup.kernels import PackedLinear, rope, signed_sin, unsupported_reason
 from lmmixup.rollout_batch import Rollout, completion_mask_from_stops, repeat_for_group
@@ -79,10 +80,11 @@ def _prepared(mods: Sequence[torch.nn.Module], rows_hint: int, dtype: torch.dtyp
     # folded in the policy's precision, then cast once: the sampler's copy of the weights
     weight = weight.to(dtype)
     bias = None if bias is None else bias.to(dtype)
-    on_cpu = weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
+    # oneDNN's private ops only where they pass their check (lmmixup.onednn), else F.linear
+    on_cpu = weight.device.type == "cpu" and onednn.usable()
     packed = on_cpu and (
         (dtype == torch.float32 and current_choice().decode_gemm == "onednn")
-        or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+        or (dtype == torch.bfloat16 and onednn.bf16_supported()))
     return PackedLinear(weight, bias, rows_hint, packed)
 
 

@@ -43,6 +43,8 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
+from lmmixup import onednn
+
 KERNELS = ("onednn", "mkl")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 """/proc/cpuinfo flags of native bf16 arithmetic: Intel AMX tiles, AVX512-BF16 dot products
@@ -178,7 +180,7 @@ def probe() -> KernelChoice:
     train_precision = rollout_precision = "fp32"
     # Without bf16 units bf16 is emulated and loses: no need to time it (issue 22). The decode
     # side needs oneDNN's bf16 GEMM, the engine's bf16 kernel.
-    if (flags is None or flags) and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if (flags is None or flags) and onednn.bf16_supported():
         precision_ms = {"train": _fp32_vs_bf16_ms(TRAIN_SHAPES, training_gemm, False, 3),
                         "decode": _fp32_vs_bf16_ms(DECODE_SHAPES, decode_gemm, True, 7)}
         train_precision = choose_precision(precision_ms["train"])
@@ -200,7 +202,9 @@ def _cache_file() -> Path:
 @functools.lru_cache(maxsize=1)
 def current_choice() -> KernelChoice:
     """This machine's choice: from the cache, else probed now, cached and printed once."""
-    if not torch.backends.mkldnn.is_available():  # no oneDNN: MKL, and no bf16 kernels to use
+    # No oneDNN, or torch changed the private ops we call (lmmixup.onednn): MKL, and fp32 for
+    # auto, since the bf16 sampler's kernel is one of those ops. Nothing to cache: it is no timing.
+    if not onednn.usable():
         return KernelChoice(cpu_model(), torch.__version__, "mkl", "mkl", {}, {},
                             cpu_bf16_flags(), "fp32", "fp32", {})
     path = _cache_file()
@@ -227,8 +231,13 @@ def current_choice() -> KernelChoice:
 def describe_precision(choice: KernelChoice) -> str:
     """One line: what auto picks for training and for decoding, and the timings behind it."""
     if not choice.precision_ms:
-        why = ("no bf16 units (none of " + ", ".join(BF16_FLAGS) + " in /proc/cpuinfo)"
-               if choice.bf16_flags == [] else "no oneDNN bf16 kernels")
+        broken = onednn.unusable()
+        if broken not in (None, onednn.NO_ONEDNN):
+            why = f"{broken}: every GEMM on F.linear"
+        elif choice.bf16_flags == []:
+            why = "no bf16 units (none of " + ", ".join(BF16_FLAGS) + " in /proc/cpuinfo)"
+        else:
+            why = "no oneDNN bf16 kernels"
         return f"auto precision fp32 for training and decoding ({why}, bf16 not timed)"
     parts = []
     for use, picked in (("train", choice.train_precision), ("decode", choice.rollout_precision)):

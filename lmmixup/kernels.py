@@ -8,8 +8,9 @@ module forward. Both need the same three things, defined once here:
     (HF Llama / Qwen2 causal LMs, SiLU MLP, no dynamic RoPE, no sliding window reached, no
     attention dropout while training); anything else takes HF's own path.
   * `rope`: the rotary embedding in HF's rotate-half convention.
-  * linear kernels: on a CPU in fp32, oneDNN (`torch.ops.mkldnn`, private ops: pyproject pins
-    torch's upper bound) with an optional fused element-wise op; elsewhere F.linear. They pick
+  * linear kernels: on a CPU in fp32, oneDNN (`torch.ops.mkldnn`, private ops, checked once by
+    `lmmixup.onednn.unusable()`: F.linear if torch changed them) with an optional fused
+    element-wise op; elsewhere F.linear. They pick
     kernels, not an algorithm: every path computes the same products up to float rounding.
     Which kernel is faster depends on the CPU (oneDNN vs MKL, see docs/LOG.md), so the choice
     is made by `lmmixup.kernels.use_onednn()`.
@@ -21,6 +22,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from lmmixup import onednn
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
@@ -41,7 +44,8 @@ def unsupported_reason(model, max_len: Optional[int] = None) -> Optional[str]:
         if max_len is None or (window is not None and window < max_len):
             return (f"this Qwen2 model uses sliding-window attention (window {window} < "
                     f"prompt+completion length {max_len})")
-    rope_cfg = getattr(cfg, "rope_scaling", None) or {}
+    # transformers 5 keeps RoPE settings in `rope_parameters`, 4.x in `rope_scaling`
+    rope_cfg = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     if rope_cfg.get("rope_type", rope_cfg.get("type")) == "dynamic":
         return "dynamic RoPE scaling (frequencies that depend on the sequence length) is not supported"
     if getattr(cfg, "hidden_act", "silu") != "silu":
@@ -69,12 +73,12 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.
 # ----------------------------------------------------------------------------- linear kernels
 
 def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether x W^T runs through oneDNN: CPU, fp32, 2-D, oneDNN built in, not under autocast
-    (the private oneDNN op has no autocast rule, so it would run fp32 there: module(x) lets
-    autocast pick bf16), and the kernel choice of this CPU (lmmixup.kernel_choice) says oneDNN
-    beats MKL."""
+    """Whether x W^T runs through oneDNN: CPU, fp32, 2-D, not under autocast (the private oneDNN
+    op has no autocast rule, so it would run fp32 there: module(x) lets autocast pick bf16), this
+    torch's private oneDNN ops pass their check (lmmixup.onednn), and the kernel choice of this
+    CPU (lmmixup.kernel_choice) says oneDNN beats MKL."""
     if not (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.dim() == 2
-            and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu")):
+            and not torch.is_autocast_enabled("cpu") and onednn.usable()):
         return False
     from lmmixup.kernel_choice import current_choice
 
@@ -124,7 +128,8 @@ class PackedLinear:
     The weight is prepared once per rollout call. On a CPU where oneDNN wins it is reordered
     into oneDNN's blocked layout and the element-wise op runs inside the GEMM (a decode step
     multiplies only N rows by each weight, and every separate element-wise kernel costs a
-    launch per layer). Elsewhere it is F.linear followed by the op."""
+    launch per layer). Elsewhere it is F.linear followed by the op. `packed` is asked for only
+    where `lmmixup.onednn.usable()` (engine._prepared)."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], rows_hint: int,
                  packed: bool):

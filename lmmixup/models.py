@@ -108,9 +108,24 @@ def _smollm2_tokenizer_from_gguf():
     return tok
 
 
+def transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def _cached_name() -> str:
+    """The cache folder's name for this transformers major. A folder written by transformers 5
+    stores RoPE as `rope_parameters`, which 4.x does not read: it silently falls back to
+    rope_theta 10,000 instead of SmolLM2's 100,000 (docs/LOG.md, 2026-12-06). So each major
+    gets its own folder; 4.x keeps the name it always had."""
+    major = transformers_major()
+    return SMOLLM2 if major < 5 else f"{SMOLLM2}-tf{major}"
+
+
 def smollm2_dir() -> Path:
     """A save_pretrained copy of the embedded SmolLM2-135M-Instruct, dequantized once."""
-    final = cache_dir() / "models" / SMOLLM2
+    final = cache_dir() / "models" / _cached_name()
     if (final / "config.json").exists():
         return final
 
@@ -135,10 +150,10 @@ def smollm2_dir() -> Path:
 
 def smollm2_tokenizer_dir() -> Path:
     """Only the tokenizer of the embedded SmolLM2 (seconds, no weights), for the tiny model."""
-    full = cache_dir() / "models" / SMOLLM2
+    full = cache_dir() / "models" / _cached_name()
     if (full / "tokenizer_config.json").exists():
         return full
-    final = cache_dir() / "tokenizers" / SMOLLM2
+    final = cache_dir() / "tokenizers" / _cached_name()
     if (final / "tokenizer_config.json").exists():
         return final
 
@@ -164,10 +179,19 @@ def resolve_path(name_or_path: str) -> str:
     return path  # a hub id, for users who are online
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json")
+"""a local model folder holds at least one of these when a tokenizer can load from it"""
+
+
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
     path = str(smollm2_tokenizer_dir()) if cfg.name_or_path == "tiny" else resolve_path(cfg.name_or_path)
+    # Checked here, not left to transformers: for a folder with none of these, 4.x says
+    # "Unrecognized model", 5.x "Couldn't instantiate the backend tokenizer from one of: ".
+    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
+        raise LmmixupError(f"model.name_or_path: cannot load a tokenizer from {path!r} (none of "
+                           f"{', '.join(_TOKENIZER_FILES)} there)")
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:

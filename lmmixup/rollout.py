@@ -65,9 +65,11 @@ def hf_generate(model, prompt_ids, prompt_mask, cfg: RolloutConfig, group_size: 
     mask = repeat_for_group(prompt_mask, group_size)  # (N, P)
     from transformers import GenerationConfig
 
-    # An explicit config, and use_model_defaults=False: a checkpoint's generation_config.json
+    # An explicit config, and none of the model's: a checkpoint's generation_config.json
     # (repetition_penalty, suppress_tokens, ...) would otherwise add warpers that the training
-    # log-probs do not include, and the sampled distribution would not be pi.
+    # log-probs do not include, and the sampled distribution would not be pi. transformers 4.x
+    # fills our config's unset fields from the model's unless use_model_defaults=False; 5.x
+    # always does and has no such flag. So for both, the model holds a neutral config meanwhile.
     generation = GenerationConfig(
         do_sample=True,
         temperature=cfg.temperature,
@@ -77,8 +79,13 @@ def hf_generate(model, prompt_ids, prompt_mask, cfg: RolloutConfig, group_size: 
         eos_token_id=list(stop_ids),
         pad_token_id=pad_id,
     )
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation,
-                         use_model_defaults=False)  # (N, P + T') with T' <= max_new_tokens
+    own = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation)
+    finally:
+        model.generation_config = own
+    # out: (N, P + T') with T' <= max_new_tokens
     completion = out[:, ids.shape[1]:]  # (N, T')
     completion_mask, truncated = completion_mask_from_stops(completion, stop_ids)
     completion = completion.masked_fill(completion_mask == 0, pad_id)

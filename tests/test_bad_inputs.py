@@ -117,8 +117,8 @@ ROWS = [
     R("model-missing-path", "model.name_or_path=<models>/missing",
       "model.name_or_path: no model folder at '<models>/missing'"),
     R("model-folder-without-model", "model.name_or_path=<data>",
-      "model.name_or_path: cannot load a tokenizer from '<data>' (ValueError: Unrecognized "
-      "model in <data>)"),
+      "model.name_or_path: cannot load a tokenizer from '<data>' (none of tokenizer.json, "
+      "tokenizer_config.json, config.json there)"),
     R("model-corrupt-safetensors", "model.name_or_path=<models>/corrupt",
       "model.name_or_path: cannot load a causal LM from '<models>/corrupt' (SafetensorError: "
       "Error while deserializing header: header too large)"),

@@ -9,8 +9,11 @@ why), so the two differ by float rounding of the same math, on top of the reduct
 """
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -185,18 +188,51 @@ def _torchrun(run_dir, *extra):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The uninterrupted 2-rank FSDP2 run (2 steps, a checkpoint after each)."""
+    run_dir = tmp_path_factory.mktemp("fsdp2_whole")
+    _torchrun(run_dir)
+    return run_dir
+
+
 @pytest.mark.slow
-def test_fsdp2_run_resumed_from_its_step1_checkpoint_equals_the_uninterrupted_run(tmp_path):
+def test_fsdp2_run_resumed_from_its_step1_checkpoint_equals_the_uninterrupted_run(tmp_path, whole):
     """A kill right after the step-1 checkpoint, replayed: a second run resumes from the first
     run's step-1 DCP checkpoint (sharded model + AdamW state, scheduler, every rank's RNG) and
-    must write the first run's step-2 metrics and final weights bit for bit. (Killing at a random
-    time is tested for the shared checkpoint folder logic with DDP in test_dist.py.)"""
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    _torchrun(whole)
+    must write the first run's step-2 metrics and final weights bit for bit."""
     step1 = whole / "checkpoints" / "step_000001"
     assert (step1 / "dcp" / ".metadata").is_file()  # torch.distributed.checkpoint's index
     assert not (step1 / "model.safetensors").exists()
-    _torchrun(resumed, f"resume={step1}")
-    assert harness._metrics(resumed) == harness._metrics(whole)[1:]  # step 2, bit-identical
-    w1, w2 = harness._weights(whole), harness._weights(resumed)
+    _torchrun(tmp_path, f"resume={step1}")
+    assert harness._metrics(tmp_path) == harness._metrics(whole)[1:]  # step 2, bit-identical
+    w1, w2 = harness._weights(whole), harness._weights(tmp_path)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+@pytest.mark.slow
+def test_fsdp2_run_sigkilled_mid_step_then_resumed_equals_the_uninterrupted_run(tmp_path, whole):
+    """A real kill: SIGKILL to torchrun and both ranks while step 2 runs (after the step-1
+    checkpoint is in place, before step 2's metrics line), then `resume=auto` in the same run
+    folder. Whatever the kill left (a half-written .tmp-step_000002, a metrics file with one
+    line), the resumed run must end with the uninterrupted run's metrics and weights, bit for
+    bit."""
+    proc = harness._torchrun(tmp_path, *FSDP2)
+    ckpt = tmp_path / "checkpoints" / "step_000001" / "meta.json"
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not ckpt.exists():
+        time.sleep(0.02)
+    time.sleep(0.3)  # into step 2: its rollout or update (a step takes seconds here)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    lines_at_kill = len(metrics.read_text().splitlines())
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks die together
+    proc.wait()
+    assert lines_at_kill == 1, "the kill did not land inside step 2"
+    assert not (tmp_path / "model").exists()  # the final save never happened
+    resumed = harness._torchrun(tmp_path, *FSDP2, "resume=auto")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    assert harness._metrics(tmp_path) == harness._metrics(whole)  # steps 1 and 2, bit-identical
+    w1, w2 = harness._weights(whole), harness._weights(tmp_path)
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
