@@ -52,6 +52,7 @@ class Power:
     detectable: Optional[float]  # the smallest |delta| whose 95% CI excludes 0; None: unknown
     source: str  # how it was found, printed beside it
 
+
 def score_rows(scores: Dict[str, Dict[str, BenchmarkScores]], n_boot: int, seed: int) -> List[Row]:
     """scores[set][benchmark] -> one row per (set, benchmark), sets and benchmarks in order."""
     rows = []
@@ -107,8 +108,9 @@ def power_rows(scores: Dict[str, Dict[str, BenchmarkScores]], deltas: List[Delta
       CI of the difference of two independent resamples' means, about
       1.96 * sqrt(2) * s / sqrt(n) (stats.unpaired_difference_half_width), the widest over
       sets; an upper bound on what pairing will give;
-    * a benchmark scored 0/1 per example (accuracy, exact match): at least binary_paired_floor(n), about 4/n: fewer than four
-      examples flipping the same way never make a bootstrap CI exclude 0.
+    * a benchmark scored 0/1 per example (accuracy, exact match): at least
+      binary_paired_floor(n), about 4/n, since fewer than four examples flipping the same way
+      never make a bootstrap CI exclude 0.
     """
     out = []
     benches = list(dict.fromkeys(b for per in scores.values() for b in per))
@@ -117,19 +119,19 @@ def power_rows(scores: Dict[str, Dict[str, BenchmarkScores]], deltas: List[Delta
         n = max(len(s.scores) for s in per_set)
         widths = [half_width(_interval(d)) for d in deltas if d.benchmark == bench]
         if widths and max(widths) > 0:
-            value = max(widths)
-            source = (f"paired CI half-width (widest of {len(widths)} pair"
-                      f"{'s' if len(widths) > 1 else ''})")
+            value, label = max(widths), "paired CI half-width"
+            why = f"widest of {len(widths)} pair{'s' if len(widths) > 1 else ''}"
         else:
             value = max(unpaired_difference_half_width(s.scores, n_boot=n_boot, seed=seed)
                         for s in per_set)
+            label = "bootstrap estimate ~ 1.96 sqrt(2) s / sqrt(n)"
             why = "every paired CI of zero width" if widths else "no pair yet"
-            source = f"bootstrap estimate ~ 1.96 sqrt(2) s / sqrt(n) ({why})"
+        source = f"{label} ({why})"
         if BENCHMARKS[bench].binary:
             floor = binary_paired_floor(n)
             if floor > value:
                 source = (f"0/1 floor: {round(floor * n)} of {n} examples flipping one way; "
-                          f"the {source.split(' (')[0]} gives {value:.3f}")
+                          f"the {label} gives {value:.3f}")
                 value = floor
         if value == 0:  # every example scored the same in every set: no spread to go on
             value, source = None, "unknown: every example scores the same in every set"
