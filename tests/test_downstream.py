@@ -1,6 +1,7 @@
 """python -m lmmixup.downstream: the four sets built from a distill.py folder (a fixture that
 follows distill.py's file interfaces), the delta table's wiring, LoRA saving through train.py,
-a real smoke run (tiny model, two sets, two benchmarks, eval.limit=4), resume, and bad input."""
+a real smoke run (tiny model, two sets, three benchmarks with ref_nll_alpaca, eval.limit=4),
+resume, power and the sign of a lower-is-better benchmark, and bad input."""
 
 from __future__ import annotations
 
@@ -104,6 +105,75 @@ def test_delta_table_pairs_by_doc_id_hand_case():
     # The differences are 1, 0, 0, 1: a resample's mean is k/4, k = 0..4, so the CI's ends
     # are among those values, and 0.5 lies inside.
     assert d.ci_low in (0.0, 0.25) and d.ci_high in (0.75, 1.0)
+    assert d.better == ""  # the CI includes 0
+
+
+def test_power_and_sign_on_hand_cases():
+    from lmmixup.downstream.report import delta_rows, power_rows, results_markdown, score_rows
+    from lmmixup.eval.harness import BenchmarkScores
+    from lmmixup.eval.stats import binary_paired_floor, unpaired_difference_half_width
+
+    def bs(bench, values):
+        return BenchmarkScores(bench, list(range(len(values))), values, sum(values) / len(values))
+
+    # ref_nll_alpaca (lower is better), mix vs full: differences mix - full = -0.5, 0, 0, -0.5.
+    # Divided by -0.5 they are 1, 0, 0, 1, so a resample's mean is -0.5 k / 4 with
+    # k ~ Binomial(4, 1/2): P(k = 0) = P(k = 4) = 1/16 = 0.0625 > 0.025, so the 95% CI is
+    # [-0.5, 0] exactly, half-width 0.25. It includes 0: neither set is favoured.
+    # arc_easy (0/1, higher is better): mix - full = 1, 1, 1, 1: CI [1, 1], excludes 0, favours
+    # mix; its half-width is 0, so the power falls to the bootstrap estimate, and then to the
+    # 0/1 floor at n = 4: 3/4 (0.5^4 = 0.0625 > 0.025 > 0.25^4).
+    # hellaswag (higher is better): mix - full = -1 everywhere: favours full.
+    scores = {
+        "full": {"ref_nll_alpaca": bs("ref_nll_alpaca", [1.5, 2.0, 3.0, 4.5]),
+                 "arc_easy": bs("arc_easy", [0.0, 0.0, 0.0, 0.0]),
+                 "hellaswag": bs("hellaswag", [1.0, 1.0, 1.0, 1.0])},
+        "mix": {"ref_nll_alpaca": bs("ref_nll_alpaca", [1.0, 2.0, 3.0, 4.0]),
+                "arc_easy": bs("arc_easy", [1.0, 1.0, 1.0, 1.0]),
+                "hellaswag": bs("hellaswag", [0.0, 0.0, 0.0, 0.0])},
+    }
+    deltas = delta_rows(scores, n_boot=10_000, seed=0)
+    by = {d.benchmark: d for d in deltas}
+    assert (by["ref_nll_alpaca"].delta, by["ref_nll_alpaca"].ci_low,
+            by["ref_nll_alpaca"].ci_high) == (-0.25, -0.5, 0.0)
+    assert [by[b].better for b in ("ref_nll_alpaca", "arc_easy", "hellaswag")] == ["", "mix", "full"]
+    # A CI of mix - full entirely below 0 favours mix where lower is better, full where higher is.
+    from lmmixup.downstream.report import favoured
+    from lmmixup.eval.stats import Interval
+
+    below = Interval(-0.25, -0.5, -0.1, 4)
+    assert favoured(below, "mix", "full", higher_is_better=False) == "mix"
+    assert favoured(below, "mix", "full", higher_is_better=True) == "full"
+    power = {p.benchmark: p for p in power_rows(scores, deltas, n_boot=10_000, seed=0)}
+    assert power["ref_nll_alpaca"].detectable == 0.25
+    assert power["ref_nll_alpaca"].source == "paired CI half-width (widest of 1 pair)"
+    assert power["arc_easy"].detectable == 0.75 == binary_paired_floor(4)
+    assert power["arc_easy"].source == ("0/1 floor: 3 of 4 examples flipping one way; the "
+                                        "bootstrap estimate ~ 1.96 sqrt(2) s / sqrt(n) gives 0.000")
+    # Lower is better, and a delta in its favour, in plain sight.
+    md = results_markdown(score_rows(scores, 1000, 0), deltas, list(power.values()), 4, {}, {},
+                          "steps")
+    assert "| ref_nll_alpaca (lower is better) |" in md.splitlines()[6]  # the score table's header
+    assert "| mix - full | ref_nll_alpaca (lower is better) | -0.250 | [-0.500, +0.000] | no (noise) | neither |" in md
+    assert "| mix - full | hellaswag | -1.000 | [-1.000, -1.000] | yes | full |" in md
+    assert "| ref_nll_alpaca (lower is better) | 4 | 0.250 | paired CI half-width (widest of 1 pair) |" in md
+    # A small CI prints with the decimals it needs: a width of 0.0008 shows 0.0004 as 0.00040.
+    from lmmixup.downstream.report import Delta
+
+    tiny = Delta("mix", "full", "ref_nll_alpaca", -0.0004, -0.0008, -0.0001, "mix")
+    assert "| -0.00040 | [-0.00080, -0.00010] | yes | mix |" in results_markdown(
+        score_rows(scores, 1000, 0), [tiny], [], 4, {}, {}, "steps")
+
+    # No pair yet (one set): the bootstrap estimate from that set's own scores. 50 values
+    # 1.0 and 50 values 2.0: s = 0.5, n = 100, so about 1.96 sqrt(2) 0.5 / 10 = 0.139.
+    alone = {"full": {"ref_nll_alpaca": bs("ref_nll_alpaca", [1.0, 2.0] * 50)}}
+    [p] = power_rows(alone, [], n_boot=10_000, seed=0)
+    assert p.detectable == unpaired_difference_half_width([1.0, 2.0] * 50, n_boot=10_000, seed=0)
+    assert p.detectable == pytest.approx(0.139, abs=0.01)
+    assert p.source == "bootstrap estimate ~ 1.96 sqrt(2) s / sqrt(n) (no pair yet)"
+    # A continuous score with no spread at all: no estimate, said so rather than 0.
+    flat = {"full": {"ref_nll_alpaca": bs("ref_nll_alpaca", [1.0] * 10)}}
+    assert power_rows(flat, [], n_boot=100, seed=0)[0].detectable is None
 
 
 def downstream(*args, env=None):
@@ -117,18 +187,30 @@ def test_smoke_run_writes_results_then_resume_skips_everything(distilled, tmp_pa
     first = downstream("experiment=smoke", f"distilled={distilled}", f"out={out}")
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"rows", "deltas"}
+    assert set(results) == {"rows", "deltas", "power"}
+    benches = ["arc_easy", "gsm8k", "ref_nll_alpaca"]
     assert [(r["set"], r["benchmark"]) for r in results["rows"]] == [
-        ("full", "arc_easy"), ("full", "gsm8k"), ("mix", "arc_easy"), ("mix", "gsm8k")]
+        (s, b) for s in ("full", "mix") for b in benches]
     for r in results["rows"]:
         assert set(r) == {"set", "benchmark", "score", "ci_low", "ci_high", "n"} and r["n"] == 4
         assert r["ci_low"] <= r["score"] <= r["ci_high"]
+    # The random tiny model spreads its mass over ~49K tokens: ln 49152 = 10.8 nats a token,
+    # a few nats a byte; fine-tuned for 2 steps, still far above any real model's ~1.
+    nll = [r["score"] for r in results["rows"] if r["benchmark"] == "ref_nll_alpaca"]
+    assert all(1.5 < x < 4.0 for x in nll)
     assert [(d["a"], d["b"], d["benchmark"]) for d in results["deltas"]] == [
-        ("mix", "full", "arc_easy"), ("mix", "full", "gsm8k")]
+        ("mix", "full", b) for b in benches]
     for d in results["deltas"]:
-        assert set(d) == {"a", "b", "benchmark", "delta", "ci_low", "ci_high"}
+        assert set(d) == {"a", "b", "benchmark", "delta", "ci_low", "ci_high", "better"}
+    assert [p["benchmark"] for p in results["power"]] == benches
+    # Two steps of LoRA move every NLL a little: a paired CI of non-zero width exists.
+    [ref_power] = [p for p in results["power"] if p["benchmark"] == "ref_nll_alpaca"]
+    assert ref_power["source"] == "paired CI half-width (widest of 1 pair)"
+    assert ref_power["detectable"] > 0 and ref_power["n"] == 4
     md = (out / "results.md").read_text()
     assert "with n = 4, an accuracy near 0.5 carries a 95% CI of about +/-0.490" in md
+    assert "ref_nll_alpaca (lower is better)" in md
+    assert "## Power: the smallest effect each benchmark can detect at its n" in md
     assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in ("full", "mix"):  # LoRA adapter + merged save_pretrained copy
         run = out / "train" / name
@@ -203,7 +285,7 @@ def compose(*overrides):
 @pytest.mark.parametrize("overrides, message", [
     (["sets=[full,nope]"], "sets: unknown set 'nope'; known: full, random, high, mix"),
     (["benchmarks=[mmlu,bbh]"], "benchmarks: unknown benchmark 'bbh'; known: mmlu, "
-                                "arc_challenge, arc_easy, hellaswag, gsm8k, ifeval"),
+                                "arc_challenge, arc_easy, hellaswag, gsm8k, ifeval, ref_nll_alpaca"),
     (["eval.limit=0"], "eval.limit: must be > 0 (or null for every example), got 0"),
     (["eval.limit=-3"], "eval.limit: must be > 0 (or null for every example), got -3"),
     (["train.budget=tokens"], "train.budget: must be one of epochs, steps, got 'tokens'"),

