@@ -54,7 +54,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from lmmixup.data.layout import prompt_messages
 from lmmixup.data.schema import split_pair
-from lmmixup.dist.shard import group_seed
+from lmmixup.dist.shard import group_seed, group_uniforms
 from lmmixup.distill.degenerate import DEGENERATE_REASONS, degenerate_reason
 from lmmixup.distill.formats import question_text
 from lmmixup.distill.task import TASK_CHOICES, cluster_task
@@ -244,7 +244,6 @@ def distill_batch(model, tokenizer, prompts: Sequence[ClusterPrompt], cfg: Gener
     import torch
 
     from lmmixup.data.prompts import PromptRow
-    from lmmixup.dist.shard import group_uniforms
     from lmmixup.step import sample
 
     lengths = prompt_lengths(tokenizer, [p.messages for p in prompts])
