@@ -183,6 +183,14 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json")
 """a local model folder holds at least one of these when a tokenizer can load from it"""
 
 
+_ROUND_TRIP = "Pair 2 keeps the most content.\n<answer>\nQ: Who?\nA: Ada"
+
+
+def _round_trips(tok) -> bool:
+    ids = tok(_ROUND_TRIP, add_special_tokens=False)["input_ids"]
+    return tok.decode(ids, skip_special_tokens=True) == _ROUND_TRIP
+
+
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
@@ -194,9 +202,21 @@ def load_tokenizer(cfg: ModelConfig):
                            f"{', '.join(_TOKENIZER_FILES)} there)")
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        if not _round_trips(tok) and os.path.exists(os.path.join(path, "tokenizer.json")):
+            # transformers 5 builds a folder's named class (LlamaTokenizerFast, as 4.x saved
+            # SmolLM2's) with that class's own pre-tokenizer, not the one in tokenizer.json:
+            # SmolLM2's byte-level spaces vanish ("Pair 2 keeps" -> "Pair2keeps") and a model
+            # trained under 4.x writes space-less text (docs/LOG.md, 2026-12-06, third
+            # session). tokenizer.json itself is the tokenizer the model was trained with.
+            from transformers import PreTrainedTokenizerFast
+
+            tok = PreTrainedTokenizerFast.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise LmmixupError(f"model.name_or_path: cannot load a tokenizer from {path!r} "
                            f"({brief(e)})") from e
+    if not _round_trips(tok):
+        raise LmmixupError(f"model.name_or_path: the tokenizer at {path!r} does not decode its own "
+                           f"encoding of {_ROUND_TRIP!r} back to that text")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"  # generation batches are left-padded

@@ -115,3 +115,27 @@ def test_embedded_smollm2_loads_from_gguf_with_its_rope_theta_and_stop_ids():
     assert stop_token_ids(tok, model) == [2]  # <|im_end|>
     assert model.generation_config.pad_token_id == 0  # <|endoftext|>
     assert models.smollm2_dir().name == models._cached_name()
+
+
+def test_a_folder_saved_by_4x_loads_with_its_own_tokenizer_json(tmp_path, tiny_tokenizer):
+    """4.x saved SmolLM2's tokenizer as tokenizer_class LlamaTokenizerFast (add_bos_token true).
+    5.x builds that class with a pre-tokenizer of its own instead of tokenizer.json's, and the
+    byte-level spaces vanish: "Pair 2 keeps" encodes as Pair|2|keep|... and decodes as
+    "Pair2keeps" (an SFT model saved under 4.57 then wrote space-less pairs under 5.17).
+    load_tokenizer must give the ids tokenizer.json gives, whatever the class name says."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    tiny_tokenizer.save_pretrained(tmp_path)
+    conf = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    conf.update(tokenizer_class="LlamaTokenizerFast", add_bos_token=True)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(conf))
+    text = "Pair 2 keeps the most content.\nA: Ada"
+    if MAJOR >= 5:  # the failure this guards against, shown on the raw AutoTokenizer
+        raw = AutoTokenizer.from_pretrained(tmp_path)
+        assert raw.decode(raw(text, add_special_tokens=False)["input_ids"]) != text
+    tok = load_tokenizer(ModelConfig(name_or_path=str(tmp_path)))
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids == tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text and tok.chat_template and tok.padding_side == "left"
