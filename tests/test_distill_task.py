@@ -270,9 +270,44 @@ def test_a_retry_does_not_depend_on_its_batch():
     rows = lambda pairs: [{"instruction": q, "input": "", "output": a} for q, a in pairs]  # noqa: E731
     prompts = [cluster_prompt(rows(REAL_MEMBERS[t]), cfg) for t in ("qa", "mcq")]
     stop = stop_token_ids(tok, model)
-    both = distill_batch(model, tok, prompts, cfg, stop, "cpu", attempt=1, seeds=[5, 6])
-    alone = distill_batch(model, tok, prompts[1:], cfg, stop, "cpu", attempt=1, seeds=[6])
+    # attempt 2: the first sampled retry (attempt 1 is greedy)
+    both = distill_batch(model, tok, prompts, cfg, stop, "cpu", attempt=2, seeds=[5, 6])
+    alone = distill_batch(model, tok, prompts[1:], cfg, stop, "cpu", attempt=2, seeds=[6])
     assert both[1].completion == alone[0].completion and both[1].completion
-    # another seed is another draw; the greedy attempt ignores seeds
-    other = distill_batch(model, tok, prompts[1:], cfg, stop, "cpu", attempt=1, seeds=[7])
+    # another seed is another draw; the greedy first retry ignores seeds
+    other = distill_batch(model, tok, prompts[1:], cfg, stop, "cpu", attempt=2, seeds=[7])
     assert other[0].completion != alone[0].completion
+    assert (distill_batch(model, tok, prompts[1:], cfg, stop, "cpu", attempt=1, seeds=[6])[0]
+            == distill_batch(model, tok, prompts[1:], cfg, stop, "cpu", attempt=1, seeds=[7])[0])
+
+
+def test_a_retry_starts_from_the_rule_written_notes():
+    from lmmixup.data.layout import target_text
+    from lmmixup.distill.generate import (GenerateConfig, cluster_prompt, distill_batch,
+                                          rule_notes_prefill)
+    from lmmixup.models import ModelConfig, load_model, load_tokenizer, stop_token_ids
+
+    # by hand: members 1 and 2 answer Paris, member 3 Lyon -> Paris is the majority, quoted
+    members = [("What is the capital of France?", "Paris"), ("capital of france?", "Paris"),
+               ("What is the capital of France?", "Lyon")]
+    head = rule_notes_prefill(members)
+    assert head == ("<think>\nPair 1: no surface defect found.\nPair 2: is all lower case.\n"
+                    "Pair 3: its answer differs from most pairs.\n"
+                    "Pair 1 keeps the most content. Most pairs answer: Paris.\n</think>\n\n<answer>\n")
+    # ... the SFT target's own layout, up to its pair
+    assert target_text(head[len("<think>\n"): head.index("\n</think>")], "Q: x\nA: y").startswith(head)
+    # no majority: nothing quoted
+    assert rule_notes_prefill(members[:1] + [("Name a city in France.", "Lyon")]).count("Most pairs") == 0
+
+    # the tiny model's retry: the prompt ends with the notes, the stored completion starts with
+    # them, and the model's own tokens (the budget counts only those) follow "<answer>\n"
+    tok = load_tokenizer(ModelConfig())
+    model = load_model(ModelConfig(name_or_path="tiny"), tok).eval()
+    cfg = GenerateConfig(max_new_tokens=12)
+    prompt = cluster_prompt([{"instruction": q, "input": "", "output": a} for q, a in members], cfg)
+    stop = stop_token_ids(tok, model)
+    greedy, = distill_batch(model, tok, [prompt], cfg, stop, "cpu", attempt=0)
+    retry, = distill_batch(model, tok, [prompt], cfg, stop, "cpu", attempt=1)
+    assert retry.completion.startswith(head) and len(retry.completion) > len(head)
+    assert not greedy.completion.startswith("<think>\nPair 1: no surface")
+    assert retry.tokens <= retry.budget and retry.think_tokens > 20

@@ -52,6 +52,9 @@ class PromptRow:
     target: Optional[str] = None
     line: int = 0  # 1-based line in the source file, for error messages
     extra: Optional[Dict[str, Any]] = None
+    prefill: str = ""
+    """text the assistant turn already holds when sampling starts (distill.py's retries write the
+    think notes by rule, lmmixup/distill/generate.py); the completion continues it"""
 
     def messages(self) -> Messages:
         if isinstance(self.prompt, str):
@@ -101,8 +104,10 @@ def load_rows(path: str) -> List[PromptRow]:
 
 
 def render_prompt(tokenizer, row: PromptRow) -> str:
-    """The prompt as the model sees it: chat template applied, assistant turn opened."""
-    return tokenizer.apply_chat_template(row.messages(), tokenize=False, add_generation_prompt=True)
+    """The prompt as the model sees it: chat template applied, assistant turn opened (and
+    started with row.prefill)."""
+    opened = tokenizer.apply_chat_template(row.messages(), tokenize=False, add_generation_prompt=True)
+    return opened + row.prefill
 
 
 def _prompt_ids(tokenizer, rows: List[PromptRow], max_prompt_tokens: int,
