@@ -311,7 +311,7 @@ def run(dcfg: DictConfig) -> None:
             done = distill_clusters(model, tokenizer, [prompts[i] for i in batch], seeds,
                                     cfg.distill, stop_ids, device, dtype)
             rows = []
-            for i, (gen, parsed, attempts) in zip(batch, done):
+            for i, (gen, parsed, attempts, reasons) in zip(batch, done):
                 c = clusters[i]
                 rows.append({"cluster_id": c["id"], "source": c["source"], "task": prompts[i].task,
                              "member_ids": c["member_ids"], "ok": parsed.ok, "reason": parsed.reason,
@@ -319,7 +319,8 @@ def run(dcfg: DictConfig) -> None:
                              "answer": parsed.answer, "completion": gen.completion,
                              "truncated": gen.truncated, "completion_tokens": gen.tokens,
                              "budget": gen.budget, "think_tokens": gen.think_tokens,
-                             "prompt_tokens": gen.prompt_tokens, "attempts": attempts})
+                             "prompt_tokens": gen.prompt_tokens, "attempts": attempts,
+                             "attempt_reasons": list(reasons)})
             return rows
 
         paths = run_sharded(work / "generate", batches, len(clusters), work_batch, "distill",
@@ -334,8 +335,13 @@ def run(dcfg: DictConfig) -> None:
         tasks = [r["task"] for r in rows]
         think = sorted(r["think_tokens"] for r in rows if r["completion"])
         retried = [r for r in rows if r["attempts"] > 1]
+        # what each attempt of the schedule (lmmixup/distill/generate.py) passed and failed with
+        by_attempt = [[r["attempt_reasons"][a] for r in rows if len(r.get("attempt_reasons", [])) > a]
+                      for a in range(1 + cfg.distill.retries)]
         return {"generated": len(rows), "ok": len(rows) - len(reasons),
                 "retried": len(retried), "passed_on_retry": sum(r["ok"] for r in retried),
+                "attempts": [{(k or "passed"): a.count(k) for k in sorted(set(a))}
+                             for a in by_attempt if a],
                 "failures": {k: reasons.count(k) for k in sorted(set(reasons))},
                 "tasks": {k: tasks.count(k) for k in sorted(set(tasks))},
                 "think_tokens_median": think[len(think) // 2] if think else 0}

@@ -116,6 +116,9 @@ def test_end_to_end_on_real_sharegpt_rows_writes_every_stage_file(finished):
     assert sum(report["failures"].values()) == len(clusters)
     assert report["counts"]["generate"]["retried"] == len(clusters)
     assert report["counts"]["generate"]["passed_on_retry"] == 0
+    # every cluster failed each of the 4 attempts of the schedule
+    assert [sum(a.values()) for a in report["counts"]["generate"]["attempts"]] == [len(clusters)] * 4
+    assert all("passed" not in a for a in report["counts"]["generate"]["attempts"])
     assert set(report["seconds"]) >= {"normalize", "rate", "generate", "mix"}
 
 

@@ -254,10 +254,37 @@ def test_retries_keep_the_first_pair_that_passes(monkeypatch):
     assert [c[1] for c in calls] == [["q0", "q1", "q2"], ["q0", "q2"], ["q0"]]
     # the retry streams: group_seed(cluster seed, attempt, 0), one per cluster
     assert calls[1][2] == [g.group_seed(11, 1, 0), g.group_seed(13, 1, 0)]
+    assert [d.reasons for d in got] == [("truncated", "truncated", ""), ("",), ("truncated", "")]
     # with no retries the failure keeps its greedy text and reason
     calls.clear()
     none = g.distill_clusters(None, None, prompts, [11, 12, 13], g.GenerateConfig(retries=0), [], "cpu")
     assert [d.parsed.reason for d in none] == ["truncated", "", "truncated"] and len(calls) == 1
+
+
+def test_a_cluster_that_never_passes_keeps_its_closest_attempt(monkeypatch):
+    from lmmixup.distill import generate as g
+
+    loop = "<think>\nPair 1: x\n" + "Pair 1: x\n" * 20  # greedy: no answer block, ran to its budget
+    # the first retry copies member 1 verbatim, typo and all: in shape, rejected as copied_member
+    copy = "<think>\nPair 1: x.\n</think>\n\n<answer>\nQ: When did scotland last that thing " \
+           "for world cup?\nA: 1998\n</answer>"
+    script = {0: [loop], 1: [copy], 2: [loop]}
+
+    def fake_batch(model, tokenizer, prompts, cfg, stop_ids, device, dtype=None, attempt=0, seeds=None):
+        return [g.Generation(script[attempt][0], script[attempt][0] == loop, 10, 50, 200, 3)]
+
+    monkeypatch.setattr(g, "distill_batch", fake_batch)
+    members = [("When did scotland last that thing for world cup?", "1998"),
+               ("When did Scotland last qualify for the World Cup?", "In 1998")]
+    got, = g.distill_clusters(None, None, [g.ClusterPrompt("qa", members, [])], [7],
+                              g.GenerateConfig(retries=2), [], "cpu")
+    # closeness: copied_member (parsed, degenerate: 4) beats truncated (0), and the later
+    # truncated attempt does not replace it
+    assert (got.parsed.reason, got.attempts) == ("copied_member", 3)
+    assert got.reasons == ("truncated", "copied_member", "truncated")
+    assert got.generation.completion == copy
+    assert [g.closeness(r) for r in ("", "repetition", "no_output", "wrong_shape", "empty",
+                                     "truncated", "no_answer")] == [5, 4, 3, 2, 1, 0, 0]
 
 
 def test_a_retry_does_not_depend_on_its_batch():

@@ -318,21 +318,37 @@ def parse_generation(gen: Generation, prompt: ClusterPrompt, cfg: GenerateConfig
 
 
 class Distilled(NamedTuple):
-    generation: Generation  # the attempt kept: the first that passed, else the greedy one
+    generation: Generation  # the attempt kept: the first that passed, else the closest one
     parsed: Parsed
     attempts: int  # rollouts this cluster took (1 = greedy only)
+    reasons: Tuple[str, ...]  # each attempt's failure reason, in order ('' for the one that passed)
+
+
+def closeness(reason: str) -> int:
+    """How far a pair got: passed > parsed but degenerate > an answer block without a pair >
+    one in another shape > an empty block > no block at all (truncated or no_answer)."""
+    if not reason:
+        return 5
+    if reason in DEGENERATE_REASONS:
+        return 4
+    return {"no_output": 3, "wrong_shape": 2, "empty": 1}.get(reason, 0)
 
 
 def distill_clusters(model, tokenizer, prompts: Sequence[ClusterPrompt], seeds: Sequence[int],
                      cfg: GenerateConfig, stop_ids: Sequence[int], device,
                      dtype=None) -> List[Distilled]:
     """B cluster prompts -> B distilled pairs: greedy first; a cluster whose pair fails is
-    decoded again from its rule-written notes up to distill.retries times (greedy, then sampled
-    with seeds (B,): each cluster's own, so a retry's text does not depend on the other
+    decoded again up to distill.retries times on the module docstring's schedule (a sampled
+    retry with seeds (B,): each cluster's own, so its text does not depend on the other
     clusters), and its first passing pair is kept. A cluster that never passes keeps its
-    greedy attempt and that attempt's reason."""
+    closest attempt (`closeness`; the earliest of equals) with that attempt's reason: a
+    cluster whose greedy notes looped but whose retry wrote a pair the checks reject is
+    reported by what the retry wrote, and `reasons` keeps every attempt's."""
     gens = distill_batch(model, tokenizer, prompts, cfg, stop_ids, device, dtype)
-    out = [Distilled(g, parse_generation(g, p, cfg), 1) for g, p in zip(gens, prompts)]
+    out = []
+    for g, p in zip(gens, prompts):
+        parsed = parse_generation(g, p, cfg)
+        out.append(Distilled(g, parsed, 1, (parsed.reason,)))
     for attempt in range(1, cfg.retries + 1):
         again = [i for i, d in enumerate(out) if not d.parsed.ok and d.parsed.reason != "prompt_too_long"]
         if not again:
@@ -342,5 +358,8 @@ def distill_clusters(model, tokenizer, prompts: Sequence[ClusterPrompt], seeds: 
                               device, dtype, attempt, retry_seeds)
         for i, gen in zip(again, regen):
             parsed = parse_generation(gen, prompts[i], cfg)
-            out[i] = Distilled(gen, parsed, attempt + 1) if parsed.ok else out[i]._replace(attempts=attempt + 1)
+            reasons = out[i].reasons + (parsed.reason,)
+            closer = closeness(parsed.reason) > closeness(out[i].parsed.reason)
+            out[i] = (Distilled(gen, parsed, attempt + 1, reasons) if closer
+                      else out[i]._replace(attempts=attempt + 1, reasons=reasons))
     return out
