@@ -216,6 +216,30 @@ def test_an_answer_fewer_than_half_the_members_give_is_unsupported():
     assert "answer_unsupported" not in pair_defects("para", q, "It was 1966.", split)
 
 
+def test_a_para_answer_taken_from_an_unrelated_member_is_elsewhere():
+    from lmmixup.distill.defects import pair_defects
+
+    gltf_q, gltf_a = REAL_MEMBERS["para"][0]
+    tweet = ("Write a tweet about climate change and rising sea levels.",
+             "Sea levels are rising faster every year. Act on climate now, before coastal cities "
+             "pay the price. #ClimateAction")
+    members = [REAL_MEMBERS["para"][0], tweet]  # a k-means cluster of two unrelated requests
+    clean_q = "What does the THREE.GLTFLoader warning about a missing DRACOLoader mean?"
+    # the GLTF question with a rewrite of the GLTF answer: question stems shared with member 1
+    # (gltfloader, dracoload, ...) >= 1/3 and answer stems (warning, dracoload, compress, ...)
+    # >= 1/3 of the smaller side
+    rewrite = ("The THREE.GLTFLoader warns that no DRACOLoader instance was provided; a DRACOLoader "
+               "decompresses Draco-compressed glTF files.")
+    assert "answer_elsewhere" not in pair_defects("para", clean_q, rewrite, members)
+    # the same question answered with the tweet: its answer shares nothing with member 1's, and
+    # the tweet's question shares nothing with the pair's -> no member asks and answers it
+    assert "answer_elsewhere" in pair_defects("para", clean_q, tweet[1], members)
+    # the tweet's own pair is its member's: fine
+    assert "answer_elsewhere" not in pair_defects("para", tweet[0], tweet[1], members)
+    # short-answer tasks leave this to answer_unsupported
+    assert "answer_elsewhere" not in pair_defects("qa", clean_q, tweet[1], members)
+
+
 @pytest.mark.parametrize("task, instruction, output", [
     ("mcq", SKYLAR, "C"),
     ("tfq", "Is the certificate of incorporation the same as the articles of incorporation?", "True"),

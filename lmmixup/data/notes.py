@@ -52,7 +52,7 @@ MAX_ANSWER_CHARS = 60
 Detector = Callable[[int, Sequence[Pair]], Optional[str]]
 
 
-def _overlap(a: set, b: set) -> float:
+def overlap(a: set, b: set) -> float:
     """|a & b| / min(|a|, |b|): 1 when one side's words all occur in the other."""
     return len(a & b) / min(len(a), len(b)) if a and b else 0.0
 
@@ -66,9 +66,9 @@ def _question_stems(members: Sequence[Pair]) -> List[set]:
 def is_different_question(i: int, members: Sequence[Pair]) -> bool:
     qs = _question_stems(members)
     others = [j for j in range(len(members)) if j != i]
-    if max((_overlap(qs[i], qs[j]) for j in others), default=1.0) >= 1 / 3:
+    if max((overlap(qs[i], qs[j]) for j in others), default=1.0) >= 1 / 3:
         return False
-    return any(_overlap(qs[j], qs[l]) >= 0.5 for j in others for l in others if j < l)
+    return any(overlap(qs[j], qs[l]) >= 0.5 for j in others for l in others if j < l)
 
 
 def _norm_answer(a: str) -> str:

@@ -22,6 +22,13 @@ the gate trades recall for precision, since a kept pair goes into a training set
     casing              all capitals, all lower case where members have capitals, random word
                         casing, tripled end punctuation (notes: casing)
     different_question  the pair's question shares < 1/3 of its content with every member's
+    answer_elsewhere    (para only) no member whose question shares >= 1/3 of the pair's
+                        question's content words also has an answer sharing >= 1/3 of the
+                        pair's answer's: a question taken from one member and an answer from an
+                        unrelated one, or from nowhere. On ShareGPT's k-means clusters (mean
+                        coherence 0.39-0.43) most kept para pairs read by eye were such merges
+                        (docs/LOG.md, 2026-12-06); answer_unsupported does this job for the
+                        short-answer tasks
 
 All are reference-free: distill.py knows the members, never the answer.
 """
@@ -30,11 +37,12 @@ from __future__ import annotations
 
 from typing import List, Sequence, Tuple
 
-from lmmixup.data.content import content_words, tokens
-from lmmixup.data.notes import DETECTORS, answers_agree, majority_answer
+from lmmixup.data.content import content_stems, content_words, tokens
+from lmmixup.data.notes import DETECTORS, answers_agree, majority_answer, overlap
 
 PAIR_DEFECTS = ("answer_differs", "answer_unsupported", "cut_off", "misspelled", "filler", "casing",
-                "different_question")
+                "different_question", "answer_elsewhere")
+SAME_CONTENT = 1 / 3  # the notes' own bar for "about the same question" (notes.is_different_question)
 CLIP_MARK = "\u2026"  # lmmixup/distill/generate.py `clip` ends a cut member with it
 
 
@@ -71,4 +79,15 @@ def pair_defects(task: str, instruction: str, output: str,
     for name in ("misspelled", "filler", "casing", "different_question"):
         if DETECTORS[name](k, both):
             found.append(name)
+    if task == "para" and answer_elsewhere(instruction, output, members):
+        found.append("answer_elsewhere")
     return found
+
+
+def answer_elsewhere(instruction: str, output: str, members: Sequence[Tuple[str, str]]) -> bool:
+    """No member both asks the pair's question and gives (part of) its answer (module
+    docstring). Overlap is |shared| / min(sizes), so a member clipped in the prompt or a pair
+    that rewrites only part of a long answer still matches its source."""
+    q, a = content_stems(instruction), content_stems(output)
+    return not any(overlap(q, content_stems(mq)) >= SAME_CONTENT
+                   and overlap(a, content_stems(ma)) >= SAME_CONTENT for mq, ma in members)
