@@ -70,7 +70,7 @@ def register_reward(name: str) -> Callable[[RewardBuilder], RewardBuilder]:
 
 @dataclass
 class LengthRewardConfig:
-    target_chars: int = 400
+    target_chars: int = 300
     """completion length (characters) that earns the full length reward"""
 
 
