@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -177,3 +178,22 @@ def test_the_checker_catches_an_unexplained_override_and_a_repeated_default(tmp_
     found = _problems(option, "schema", "algo.", False)
     assert found == ["opt.yaml: beta = 0.5 differs from the schema's 0.04 without a comment "
                      "saying why"]
+
+
+def test_overlong_max_tokens_follows_rollout_max_new_tokens():
+    # conf/config.yaml ties reward.overlong.max_tokens to the rollout's length limit: the one
+    # interpolation between config groups, so the schema's 128 is only its standalone default.
+    config.register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = config.to_train_config(compose("config", overrides=["rollout.max_new_tokens=64"]))
+    assert cfg.reward.overlong.max_tokens == 64
+
+
+def test_the_moved_defaults_compose_to_the_values_runs_used():
+    # optim.lr was 1e-5 in conf/config.yaml (schema: 1e-6) and reward.length.target_chars 300 in
+    # conf/reward/simple.yaml (schema: 400); both now live in the schema, with the same effect.
+    config.register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = config.to_train_config(compose("config"))
+    assert cfg.optim.lr == 1e-5 and cfg.reward.length.target_chars == 300
+    assert (cfg.steps, cfg.prompts_per_step, cfg.micro_batch_size) == (20, 4, 8)
