@@ -61,6 +61,7 @@ from lmmixup.distill.state import (STAGES, RunState, check_out_folder, kill_poin
                                    run_sharded)
 from lmmixup.dist.context import LOCAL, DistContext, close_distributed, join_torchrun
 from lmmixup.dist.shard import group_seed
+from lmmixup.device import resolve_device
 from lmmixup.errors import LmmixupError
 
 register_distill_configs()
@@ -89,8 +90,7 @@ class Parts:
         from lmmixup.precision import resolve_precision
 
         cfg = self.cfg
-        device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                              else "cpu" if cfg.device == "auto" else cfg.device)
+        device = resolve_device(cfg.device)
         if device.type == "cuda" and self.dist.distributed:
             device = torch.device("cuda", self.dist.local_rank)  # one GPU per rank
         tokenizer = load_tokenizer(cfg.model)

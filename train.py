@@ -49,6 +49,7 @@ from lmmixup.checkpoint import (find_resume_checkpoint, load_checkpoint, new_che
 from lmmixup.config import TrainConfig, register_configs, to_train_config
 from lmmixup.data.jsonl import atomic_write_text
 from lmmixup.data.prompts import PromptSampler, check_prompt_lengths, load_rows
+from lmmixup.device import resolve_device
 from lmmixup.dist.context import DistContext, close_distributed, init_distributed
 from lmmixup.dist.gather import gather_batch, gather_optional_rows
 from lmmixup.dist.shard import StepPrompts, group_uniforms, shard_positions
@@ -97,8 +98,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     # Read the data before the (slow) model load: a bad line fails in a second.
     rows = load_rows(cfg.data.train_file) if cfg.stage != "eval" else []
     eval_rows = load_rows(cfg.data.eval_file)[: cfg.eval_max_rows] if cfg.data.eval_file else []
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if cfg.device == "auto" else cfg.device)
+    device = resolve_device(cfg.device)
     dist = init_distributed(cfg.dist, device, cfg.rollout.engine)  # one process: a no-op context
     if dist.distributed:  # rank 0's folder for all (hydra's ${now:...} may differ by a second)
         run_dir = Path(dist.gather_objects(str(run_dir))[0])

@@ -27,19 +27,15 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Callable, Dict, List
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.grpo import PROMPTS, _prompt_batch, _smollm2  # noqa: E402
-import lmmixup.engine as engine  # noqa: E402
-from lmmixup.kernel_choice import current_choice  # noqa: E402
-from lmmixup.rollout import RolloutConfig  # noqa: E402
+from benchmarks.grpo import PROMPTS, _prompt_batch, _smollm2
+import lmmixup.engine as engine
+from lmmixup.kernel_choice import current_choice
+from lmmixup.rollout import RolloutConfig
 
 EAGER_STEP = engine._decode_step
 

@@ -373,7 +373,7 @@ def child_step_ours(steps: int) -> Dict:
     prec = run_precision(PrecisionConfig(), torch.device("cpu"), "static", True, algo.rollout_is,
                          torch.float32)
     rollout_cfg = RolloutConfig(max_new_tokens=64)  # engine=static
-    optim_cfg = OptimConfig()
+    optim_cfg = OptimConfig(lr=1e-6)  # the TRL side's lr (the docstring's setting)
     micro, chunk = 8, 1024
     stops = stop_token_ids(tok, model)
     ref = frozen_copy(model)

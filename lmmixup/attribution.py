@@ -37,8 +37,7 @@ from typing import Dict
 
 import torch
 
-from lmmixup.grpo import ADVANTAGE_SCALES
-from lmmixup.rewards.registry import group_normalize
+from lmmixup.grpo import ADVANTAGE_SCALES, group_normalize
 
 # Two totals closer than this count as tied when deciding group orderings: rewards are
 # float32, and 0.5*1 + 0.4*0 vs 0.4*1 + 0.5*0.2 must not look ordered by rounding alone.

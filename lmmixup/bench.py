@@ -13,25 +13,34 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout holds benchmarks/
+from lmmixup.kernel_choice import current_choice, describe_precision
 
-from benchmarks.grpo import (SECTIONS as GRPO_SECTIONS, bench_logprob, bench_rollout, bench_roofline,  # noqa: E402
-                             bench_step, child_logprob, child_step_ours, child_step_trl)
-from lmmixup.kernel_choice import current_choice, describe_precision  # noqa: E402
+# benchmarks/ is a package of the checkout, beside lmmixup/, and not installed with it (its
+# benchmarks import TRL, and its name is too generic to claim in site-packages). `python -m`
+# puts the working directory first on sys.path, so from the checkout's root (as `make bench`
+# runs it) it imports like any package; anywhere else, say so instead of a bare traceback.
+try:
+    from benchmarks.distill import bench_distill as _bench_distill
+    from benchmarks.grpo import (SECTIONS as GRPO_SECTIONS, bench_logprob, bench_rollout,
+                                 bench_roofline, bench_step, child_logprob, child_step_ours,
+                                 child_step_trl)
+except ModuleNotFoundError as e:
+    if e.name != "benchmarks":
+        raise
+    raise ModuleNotFoundError("python -m lmmixup.bench: run it from the checkout's root, where "
+                              "benchmarks/ is (it is not part of the installed package)",
+                              name="benchmarks") from None
 
 SECTIONS = GRPO_SECTIONS + ("distill",)
 
 
 def bench_distill(reps: int, table: List) -> Dict:
     """distill.py's generation, clusters/s of ours vs HF generate (benchmarks/distill.py)."""
-    from benchmarks.distill import bench_distill as run
-
-    return run(reps, table)
+    return _bench_distill(reps, table)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -24,7 +24,7 @@ from lmmixup.logging import LoggerConfig
 from lmmixup.models import ModelConfig
 from lmmixup.optim import OptimConfig
 from lmmixup.precision import PrecisionConfig
-from lmmixup.rewards.registry import RewardConfig
+from lmmixup.rewards.config import RewardConfig
 from lmmixup.rollout import RECORDS_LOGPROBS, RolloutConfig
 
 

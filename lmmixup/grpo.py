@@ -5,7 +5,7 @@ Legend: B prompts, G completions per prompt, N = B*G sequences, T completion tok
 What this module implements, and where each choice comes from:
   * Advantage  A_i = (r_i - mean_group(r)) / scale,  scale in {group std (GRPO, DeepSeekMath),
     batch std, 1 (Dr. GRPO)}. Every std in the project (advantages, the per-group reward
-    normalisation of lmmixup/rewards/registry.py, the logged reward std) is the Bessel-corrected
+    normalisation `group_normalize`, the logged reward std) is the Bessel-corrected
     one, `group_std` below (as TRL's GRPOTrainer), plus an epsilon, so a group whose rewards are
     all equal gets A = 0 rather than 0/0.
   * Importance ratio per token, r_t = pi/pi_old, or per sequence (GSPO):
@@ -115,6 +115,16 @@ class AlgoConfig:
 def group_std(grouped: torch.Tensor) -> torch.Tensor:
     """(B, G) -> (B, 1): the project's one std convention, Bessel-corrected (divides by G - 1)."""
     return grouped.std(dim=1, correction=1, keepdim=True)  # (B, 1)
+
+
+def group_normalize(scores: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
+    """(N,) -> (N,): standardise within each group of G consecutive completions, with the same
+    std as the advantages. The per-group reward normalisation (reward.normalize_per_group) and
+    its attribution (lmmixup/attribution.py) share it, so it lives with the math they share."""
+    grouped = scores.view(-1, group_size)  # (B, G)
+    mean = grouped.mean(dim=1, keepdim=True)  # (B, 1)
+    std = group_std(grouped)  # (B, 1), Bessel-corrected: the advantages' convention
+    return ((grouped - mean) / (std + eps)).view(-1)  # (N,)
 
 
 def _group_std_scale(grouped: torch.Tensor, population: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,10 @@ from lmmixup.errors import require
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-6
-    """peak learning rate (the paper: 1e-6 for GRPO, 2e-5 for SFT)"""
+    lr: float = 1e-5
+    """peak learning rate. train.py's default, for the 135M default policy: the paper's 1e-6 (for
+    GRPO on its 1.5B policy; 2e-5 for SFT) barely moves a model this small (docs/LOG.md, 2026-12-01:
+    2e-6 gave KL ~1e-4 in four steps). The pipeline passes its own (grpo_lr, sft_lr)."""
     weight_decay: float = 0.01
     """AdamW decoupled weight decay"""
     beta1: float = 0.9

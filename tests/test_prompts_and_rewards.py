@@ -7,8 +7,9 @@ import torch
 
 from lmmixup.data.prompts import PromptSampler, load_rows
 from lmmixup.errors import LmmixupError
-from lmmixup.rewards.registry import (RewardBatch, RewardConfig, compute_rewards, group_normalize,
-                                      register_reward, REWARDS)
+from lmmixup.grpo import group_normalize
+from lmmixup.rewards.registry import (RewardBatch, RewardConfig, compute_rewards, register_reward,
+                                      REWARDS)
 
 
 def write(tmp_path, lines):

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from lmmixup.cli import precheck_overrides, report_errors
 from lmmixup.config import to_typed_config
 from lmmixup.downstream.config import register_configs
+from lmmixup.downstream.run import run
 
 CONF = Path(__file__).resolve().parent.parent.parent / "conf" / "downstream"
 
@@ -25,8 +26,6 @@ register_configs()
 
 @hydra.main(version_base=None, config_path=str(CONF), config_name="downstream")
 def main(dcfg: DictConfig) -> None:
-    from lmmixup.downstream.run import run
-
     report_errors(lambda: run(to_typed_config(dcfg)))
 
 

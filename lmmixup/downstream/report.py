@@ -6,6 +6,7 @@ column, and every delta names the set it favours, so no reader has to flip a sig
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -224,8 +225,7 @@ def _interval(d: Delta) -> Interval:
 
 def scores_png(rows: List[Row], path: Path) -> None:
     """Grouped bars: one group per benchmark, one bar per set, 95% CIs as error bars."""
-    import io
-
+    # start-up: matplotlib takes a second or more to import, and only the report's plot needs it
     import matplotlib
 
     matplotlib.use("Agg")

@@ -32,12 +32,14 @@ from pathlib import Path
 from typing import Dict, List
 
 from lmmixup.data.jsonl import atomic_write_text
+from lmmixup.device import resolve_device
 from lmmixup.downstream.config import DownstreamConfig
 from lmmixup.downstream.report import write_report
 from lmmixup.downstream.sets import build_sets, write_set
 from lmmixup.errors import LmmixupError
 from lmmixup.eval.harness import BenchmarkScores, check_benchmarks, evaluate_benchmark, limit_note
-from lmmixup.models import ModelConfig
+from lmmixup.models import ModelConfig, load_model, load_tokenizer, resolve_path
+from lmmixup.sft import encode_rows
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TRAIN_ARGS = "downstream_train_args.json"
@@ -106,10 +108,6 @@ def eval_settings(cfg: DownstreamConfig) -> dict:
 
 def score_set(cfg: DownstreamConfig, name: str, model_dir: Path, out: Path) -> Dict[str, BenchmarkScores]:
     """Every requested benchmark for one fine-tuned model; finished ones are read back."""
-    import torch
-
-    from lmmixup.models import load_model, load_tokenizer
-
     settings = eval_settings(cfg)
     done, todo = {}, []
     for bench in cfg.benchmarks:
@@ -124,8 +122,7 @@ def score_set(cfg: DownstreamConfig, name: str, model_dir: Path, out: Path) -> D
     if todo:
         mcfg = ModelConfig(name_or_path=str(model_dir), dtype=cfg.model.dtype)
         tokenizer = load_tokenizer(mcfg)
-        device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                              else "cpu" if cfg.device == "auto" else cfg.device)
+        device = resolve_device(cfg.device)
         model = load_model(mcfg, tokenizer).to(device).eval()
         model.config.use_cache = True  # generation (GSM8K, IFEval) wants the KV cache
         for bench in todo:
@@ -142,9 +139,6 @@ def score_set(cfg: DownstreamConfig, name: str, model_dir: Path, out: Path) -> D
 def rows_within_length(cfg: DownstreamConfig, sets) -> Dict[str, int]:
     """Rows of each set that train.py's SFT keeps (prompt + target <= train.max_seq_len),
     counted with the same encoder and the base model's tokenizer."""
-    from lmmixup.models import load_tokenizer
-    from lmmixup.sft import encode_rows
-
     tokenizer = load_tokenizer(cfg.model)
     counts = {}
     for name, ts in sets.items():
@@ -161,8 +155,6 @@ def run(cfg: DownstreamConfig) -> Path:
     check_benchmarks(cfg.benchmarks)
     sets = build_sets(Path(cfg.distilled), cfg.sets, cfg.high_threshold, cfg.seed)
     if cfg.model.name_or_path not in ("tiny",) and not cfg.model.name_or_path.startswith("embedded:"):
-        from lmmixup.models import resolve_path
-
         resolve_path(cfg.model.name_or_path)  # a missing local folder fails now, not per set
     notes, steps = {}, {}
     trainable = rows_within_length(cfg, sets)

@@ -17,13 +17,14 @@ the same bytes and a resumed run trains on the same file.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from lmmixup.data.jsonl import atomic_write_jsonl, iter_jsonl
+from lmmixup.data.jsonl import atomic_write_jsonl, dumps_row, iter_jsonl
 from lmmixup.errors import LmmixupError
 
 SETS = ("full", "random", "high", "mix")
@@ -82,8 +83,6 @@ DEFAULT_HIGH_THRESHOLD = 4.0  # distill.py's rate.high_threshold default
 
 def distill_high_threshold(distilled: Path) -> float:
     """The rate.high_threshold the distill run split its pool with (its config.json)."""
-    import json
-
     config = distilled / "config.json"
     if config.exists():
         value = json.loads(config.read_text()).get("rate", {}).get("high_threshold")
@@ -143,8 +142,6 @@ def _rows(rows: List[dict]) -> List[dict]:
 def write_set(ts: TrainingSet, path: Path) -> None:
     """Atomically, and only when the bytes change: a rerun leaves a finished set's file (and so
     the fingerprint train.py checks on resume) untouched."""
-    from lmmixup.data.jsonl import dumps_row
-
     text = "".join(dumps_row(r) + "\n" for r in ts.rows)
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return

@@ -1,8 +1,6 @@
-"""Reward functions. Importing this package registers every built-in reward."""
+"""Reward functions: the built-ins are listed by name in registry.REWARDS; this package
+re-exports what the scripts use."""
 
-from lmmixup.rewards import paper  # noqa: F401  (registers `quality`, `alignment`, `format`)
-from lmmixup.rewards import simple  # noqa: F401  (registers `tags`, `length`)
-from lmmixup.rewards import no_answer  # noqa: F401  (registers `no_answer`)
 from lmmixup.rewards.judge import JudgeConfig, LLMJudge, judge_scores, load_judge  # noqa: F401
 from lmmixup.rewards.metrics import reward_extra_metrics  # noqa: F401
 from lmmixup.rewards.registry import (  # noqa: F401

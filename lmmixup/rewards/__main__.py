@@ -28,7 +28,17 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lmmixup.data.jsonl import atomic_write_text, iter_jsonl
 from lmmixup.errors import LmmixupError
+from lmmixup.rewards import (RewardBatch, RewardConfig, build_rewards, compute_rewards,
+                             reward_extra_metrics)
+from lmmixup.rewards.answer import extract_answer
+from lmmixup.rewards.quality import build_quality_scorer
+from lmmixup.rewards.task_format import check_task
 
 PAPER_YAML = Path(__file__).resolve().parents[2] / "conf" / "reward" / "paper.yaml"
 REPORTED = ("quality", "alignment", "format")
@@ -51,11 +61,6 @@ def _parse_weights(text: str):
 
 def load_config(args):
     """paper.yaml + flags + KEY=VALUE overrides -> a validated RewardConfig."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from lmmixup.rewards.registry import RewardConfig
-
     try:
         paper = OmegaConf.load(PAPER_YAML)
         paper.quality.library = ""  # paper.yaml points at ${data.rated_file}; here --library sets it
@@ -81,9 +86,6 @@ def load_config(args):
 
 def read_rows(path: Path, need_reference: bool):
     """Rows of the input JSONL, each checked; errors name FILE:LINE."""
-    from lmmixup.data.jsonl import iter_jsonl
-    from lmmixup.rewards.task_format import check_task
-
     if not path.is_file():
         raise LmmixupError(f"--input: no file at {str(path)!r}")
     rows = []
@@ -109,9 +111,6 @@ def read_rows(path: Path, need_reference: bool):
 
 def quality_expected(cfg, completions: List[str]) -> List[Optional[float]]:
     """The quality backend's E (0-5) of each completion's answer; None without an answer."""
-    from lmmixup.rewards.answer import extract_answer
-    from lmmixup.rewards.quality import build_quality_scorer
-
     answers = [extract_answer(c) for c in completions]
     rows = [i for i, a in enumerate(answers) if a is not None]
     out: List[Optional[float]] = [None] * len(completions)
@@ -123,10 +122,6 @@ def quality_expected(cfg, completions: List[str]) -> List[Optional[float]]:
 
 
 def score(args) -> dict:
-    import torch
-
-    from lmmixup.rewards import RewardBatch, build_rewards, compute_rewards, reward_extra_metrics
-
     cfg = load_config(args)
     need_reference = "alignment" in cfg.weights and cfg.weights["alignment"] > 0
     rows = read_rows(Path(args.input), need_reference)
@@ -160,8 +155,6 @@ def score(args) -> dict:
                                 "total": round(result.total[i].item(), 6),
                                 "quality_expected": expected[i]})
     if args.rows:
-        from lmmixup.data.jsonl import atomic_write_text
-
         atomic_write_text(args.rows, "".join(json.dumps(r) + "\n" for r in per_row))
     total = torch.cat(totals)
     comps = {name: torch.cat(v) for name, v in components.items()}

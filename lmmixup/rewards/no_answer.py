@@ -29,7 +29,8 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from lmmixup.rewards.answer import extract_answer
-from lmmixup.rewards.registry import RewardBatch, RewardConfig, register_reward
+from lmmixup.rewards.batch import RewardBatch
+from lmmixup.rewards.config import RewardConfig
 
 
 def no_answer_penalty(completion: str, truncated: bool) -> float:
@@ -46,7 +47,6 @@ def no_answer_penalties(completions: Sequence[str],
     return [no_answer_penalty(c, bool(t)) for c, t in zip(completions, flags)]
 
 
-@register_reward("no_answer")
 def build_no_answer(cfg: RewardConfig):
     def score(batch: RewardBatch):
         return no_answer_penalties(batch.completions, batch.truncated)

@@ -21,7 +21,8 @@ from lmmixup.rewards.alignment import alignment_from_embeddings
 from lmmixup.rewards.answer import extract_answer, reference_text
 from lmmixup.rewards.embedder import get_embedder
 from lmmixup.rewards.quality import build_quality_scorer, quality_from_expected
-from lmmixup.rewards.registry import RewardBatch, RewardConfig, register_reward
+from lmmixup.rewards.batch import RewardBatch
+from lmmixup.rewards.config import RewardConfig
 from lmmixup.rewards.task_format import format_score
 
 
@@ -29,7 +30,6 @@ def _answers(batch: RewardBatch) -> List[Optional[str]]:
     return [extract_answer(c) for c in batch.completions]
 
 
-@register_reward("format")
 def build_format(cfg: RewardConfig):
     def score(batch: RewardBatch):
         return [format_score(c, t) for c, t in zip(batch.completions, batch.tasks)]
@@ -37,7 +37,6 @@ def build_format(cfg: RewardConfig):
     return score
 
 
-@register_reward("alignment")
 def build_alignment(cfg: RewardConfig):
     embedder = get_embedder(cfg.embedder)
     weight = cfg.weights["alignment"] if "alignment" in cfg.weights else 0.0
@@ -65,7 +64,6 @@ def build_alignment(cfg: RewardConfig):
     return score
 
 
-@register_reward("quality")
 def build_quality(cfg: RewardConfig):
     qcfg = cfg.quality
     expected_fn = build_quality_scorer(qcfg, cfg.embedder)  # reward.quality.backend

@@ -38,11 +38,12 @@ from typing import Callable, Dict, Sequence, Tuple
 import torch
 
 from lmmixup.errors import LmmixupError, require
-from lmmixup.rewards.judge import JudgeConfig
+from lmmixup.rewards.embedder import get_embedder
+from lmmixup.rewards.judge import JudgeConfig, load_judge
 from lmmixup.rewards.quality_library import (  # noqa: F401  (re-exported: the library's API)
     MAX_SCORE, NUM_SCORES, atomic_torch_save, library_cache_path, library_embeddings,
     read_library, write_library)
-from lmmixup.rewards.quality_model import LearnedQualityConfig
+from lmmixup.rewards.quality_model import LearnedQuality, LearnedQualityConfig
 
 QUALITY_MODES = ("step", "expected")
 
@@ -203,21 +204,14 @@ ExpectedFn = Callable[[Sequence[str]], torch.Tensor]
 
 
 def _build_learned(cfg: QualityConfig, embedder_cfg) -> ExpectedFn:
-    from lmmixup.rewards.embedder import get_embedder
-    from lmmixup.rewards.quality_model import LearnedQuality
-
     return LearnedQuality(cfg.library, cfg.learned, get_embedder(embedder_cfg)).expected
 
 
 def _build_knn(cfg: QualityConfig, embedder_cfg) -> ExpectedFn:
-    from lmmixup.rewards.embedder import get_embedder
-
     return KnnQuality(cfg, get_embedder(embedder_cfg)).expected
 
 
 def _build_judge(cfg: QualityConfig, embedder_cfg) -> ExpectedFn:
-    from lmmixup.rewards.judge import load_judge
-
     judge = load_judge(cfg.judge)
     return lambda texts: torch.tensor(judge.judge_scores(list(texts)), dtype=torch.float32)
 

@@ -33,7 +33,14 @@ from typing import Callable, List, Sequence
 
 import torch
 
+from lmmixup.cli import parse_key_values
+from lmmixup.data.jsonl import atomic_write_text, iter_jsonl
+from lmmixup.data.layout import SHAPES
+from lmmixup.data.schema import render_pair, split_pair
 from lmmixup.errors import LmmixupError
+from lmmixup.eval.stats import bootstrap_mean_ci, paired_bootstrap_ci
+from lmmixup.rewards.embedder import EmbedderConfig, get_embedder
+from lmmixup.rewards.quality import QualityConfig, build_quality_scorer
 
 
 @dataclass
@@ -52,8 +59,6 @@ Items = List[tuple]  # (text, score, is_clean) of one row
 def _split_texts(split_file: Path, items: Callable[[dict], Items]) -> HeldOutPairs:
     """A split JSONL -> HeldOutPairs with items(row)'s texts, cluster = the row's position; a
     row that is not a MIXTURE row is one error naming the file and line."""
-    from lmmixup.data.jsonl import iter_jsonl
-
     if not split_file.is_file():
         raise LmmixupError(f"--mixture: no split file at {str(split_file)!r}")
     texts, scores, cluster, clean = [], [], [], []
@@ -74,17 +79,12 @@ def _split_texts(split_file: Path, items: Callable[[dict], Items]) -> HeldOutPai
 
 
 def _clean_and_own(row: dict) -> Items:
-    from lmmixup.data.schema import render_pair
-
     own = [(render_pair(row["task"], m["question"], m["answer"]), m["score"])
            for m in row["members"] if m["seed_id"] == row["seed_id"]]
     return [(row["reference"], 5, True)] + [(t, s, False) for t, s in own]
 
 
 def _clean_and_degenerate(row: dict) -> Items:
-    from lmmixup.data.layout import SHAPES
-    from lmmixup.data.schema import render_pair, split_pair
-
     ref, task = row["reference"], row["task"]
     notes = row["target"].split("<think>")[1].split("</think>")[0].strip()
     first = row["members"][0]
@@ -138,9 +138,6 @@ def pooled_auc(expected: torch.Tensor, positive: torch.Tensor) -> float:
 
 def parse_spec(spec: str, library: str):
     """NAME[:KEY=VALUE,...] -> a validated QualityConfig on `library`."""
-    from lmmixup.cli import parse_key_values
-    from lmmixup.rewards.quality import QualityConfig
-
     name, _, rest = spec.partition(":")
     overrides = [o.strip() for o in rest.split(",") if o.strip()]
     return parse_key_values(QualityConfig, [f"backend={name}", f"library={library}", *overrides])
@@ -148,10 +145,6 @@ def parse_spec(spec: str, library: str):
 
 def evaluate_backend(spec: str, library: str, pairs: HeldOutPairs, embedder_cfg) -> dict:
     """Fit/load one backend, score every text, and summarise (see the module docstring)."""
-    from lmmixup.eval.stats import bootstrap_mean_ci
-    from lmmixup.rewards.embedder import get_embedder
-    from lmmixup.rewards.quality import build_quality_scorer
-
     cfg = parse_spec(spec, library)
     embedder = get_embedder(embedder_cfg)
     t0 = time.perf_counter()
@@ -176,9 +169,6 @@ def evaluate_backend(spec: str, library: str, pairs: HeldOutPairs, embedder_cfg)
 
 
 def main(argv: Sequence[str] = None) -> int:
-    from lmmixup.eval.stats import paired_bootstrap_ci
-    from lmmixup.rewards.embedder import EmbedderConfig
-
     p = argparse.ArgumentParser(prog="python -m lmmixup.rewards.quality_eval",
                                 description="AUC of quality backends on a held-out MIXTURE split")
     p.add_argument("--mixture", required=True, help="a build_mixture output folder")
@@ -213,8 +203,6 @@ def main(argv: Sequence[str] = None) -> int:
         rows.append({k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in r.items()
                      if k not in ("wins", "expected")} | {"paired_diff_vs_first": diff.as_dict()})
     if args.json_out:
-        from lmmixup.data.jsonl import atomic_write_text
-
         atomic_write_text(args.json_out, json.dumps(rows, indent=1) + "\n")
     return 0
 

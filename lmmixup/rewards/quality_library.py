@@ -23,6 +23,7 @@ import torch
 
 from lmmixup.data.jsonl import iter_jsonl, sha256_file
 from lmmixup.errors import LmmixupError
+from lmmixup.models import cache_dir
 
 NUM_SCORES = 6  # S: scores 0..5
 MAX_SCORE = NUM_SCORES - 1
@@ -72,8 +73,6 @@ def write_library(path: Union[str, Path], rows: Iterable[Union[Tuple[str, int], 
 
 def library_cache_path(library: Path, embedder_key: str) -> Path:
     """Where the embeddings of `library` under `embedder_key` are cached."""
-    from lmmixup.models import cache_dir
-
     emb = hashlib.sha256(embedder_key.encode()).hexdigest()[:12]
     return cache_dir() / "quality_library" / f"{sha256_file(library)[:24]}-{emb}.pt"
 

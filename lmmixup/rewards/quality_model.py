@@ -56,6 +56,7 @@ import torch
 
 from lmmixup.data.jsonl import sha256_file
 from lmmixup.errors import LmmixupError, require
+from lmmixup.models import cache_dir
 from lmmixup.rewards.degenerate_rows import degenerate_texts
 from lmmixup.rewards.quality_library import (NUM_SCORES, atomic_torch_save, library_embeddings,
                                              read_library)
@@ -303,8 +304,6 @@ def model_path(library: Path, key: str) -> Path:
     name = f"{library.name}.learned-{key}.pt"
     if os.access(library.parent, os.W_OK):
         return library.parent / name
-    from lmmixup.models import cache_dir
-
     return cache_dir() / "quality_model" / name
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-from lmmixup.rewards.registry import RewardBatch, RewardConfig, register_reward
+from lmmixup.rewards.batch import RewardBatch
+from lmmixup.rewards.config import RewardConfig
 
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _FULL_LAYOUT = re.compile(r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.DOTALL)
@@ -22,7 +23,6 @@ def tag_score(text: str) -> float:
     return 0.2 * sum(tag in text for tag in _TAGS)
 
 
-@register_reward("tags")
 def build_tags(cfg: RewardConfig):
     def score(batch: RewardBatch):
         return [tag_score(c) for c in batch.completions]
@@ -35,7 +35,6 @@ def length_score(text: str, target_chars: int) -> float:
     return max(0.0, 1.0 - abs(len(text) - target_chars) / target_chars)
 
 
-@register_reward("length")
 def build_length(cfg: RewardConfig):
     target = cfg.length.target_chars
 
@@ -56,7 +55,6 @@ def overlong_penalty(num_tokens: int, max_tokens: int, buffer_tokens: int) -> fl
     return -1.0
 
 
-@register_reward("overlong")
 def build_overlong(cfg: RewardConfig):
     o = cfg.overlong
 
