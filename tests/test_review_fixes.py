@@ -153,7 +153,7 @@ def _fake_round(totals, t=3):
 
 def test_collect_refills_dropped_groups_with_resample_rounds():
     from lmmixup.rewards.registry import RewardBatch
-    from lmmixup.step import collect
+    from lmmixup.sampling.rounds import collect
 
     # G = 2, B = 3. Round 1 (3 prompts): groups [1,1] flat, [0,1], [2,2] flat -> keep 1, drop 2.
     # Round 2 (2 prompts): [3,4], [5,5] flat -> keep 1. Round 3 (1 prompt): [6,7] -> full.
