@@ -9,7 +9,7 @@ The benchmark calls the same functions, so what it times is what training runs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -121,9 +121,13 @@ class _Sums:
     entropy_tokens: float = 0.0
     loss: float = 0.0
 
+    @staticmethod
+    def added() -> List[str]:
+        """The fields that add up over mini-batches and ranks: every field but ratio_max (a max)."""
+        return [f.name for f in fields(_Sums) if f.name != "ratio_max"]
+
     def add(self, other: "_Sums") -> None:
-        for f in ("tokens", "kl", "ratio", "clip_low", "clip_high", "entropy", "entropy_tokens",
-                  "loss"):
+        for f in self.added():
             setattr(self, f, getattr(self, f) + getattr(other, f))
         self.ratio_max = max(self.ratio_max, other.ratio_max)
 
@@ -303,7 +307,7 @@ def _reduce_sums(sums: _Sums, dist: DistContext) -> _Sums:
     """Every rank's token sums added (a (sum, count) reduction, never a mean of means)."""
     if not dist.distributed:
         return sums
-    names = ("tokens", "kl", "ratio", "clip_low", "clip_high", "entropy", "entropy_tokens", "loss")
+    names = _Sums.added()
     added = dist.sum_floats([getattr(sums, f) for f in names])
     out = _Sums(**dict(zip(names, added)))
     out.ratio_max = dist.max_float(sums.ratio_max)
