@@ -36,6 +36,8 @@ class Samples(NamedTuple):
 
 @dataclass(frozen=True)
 class Policy:
+    """The language model as a policy: prompt rows in, completions (and their texts) out."""
+
     model: torch.nn.Module  # the weights that sample (switched to eval for decoding)
     tokenizer: Any
     stop_ids: Tuple[int, ...]  # a completion ends after the first of these (models.stop_token_ids)
