@@ -86,8 +86,10 @@ class Parts:
     def distiller(self):
         import torch
 
-        from lmmixup.models import load_model, load_tokenizer, stop_token_ids
+        from lmmixup.models import load_model, load_tokenizer
         from lmmixup.precision import resolve_precision
+        from lmmixup.rollout_batch import RolloutConfig
+        from lmmixup.sampling.policy import Policy
 
         cfg = self.cfg
         device = resolve_device(cfg.device)
@@ -99,7 +101,10 @@ class Parts:
         # samples in a precision of its own)
         dtype = (resolve_precision(cfg.precision.rollout, device, "rollout")
                  if cfg.distill.engine == "static" else torch.float32)
-        return model, tokenizer, stop_token_ids(tokenizer, model), device, dtype
+        # each attempt passes its own rollout settings (lmmixup/distill/generate.py); the
+        # policy's are the engine's defaults
+        return Policy.build(model, tokenizer, device, RolloutConfig(engine=cfg.distill.engine),
+                            dtype=dtype)
 
 
 def chunks(items: Iterable, size: int) -> Iterator[List]:
@@ -306,10 +311,9 @@ def run(dcfg: DictConfig) -> None:
         batches = list(chunks(order, cfg.distill.batch_size))
 
         def work_batch(j: int, batch: List[int]) -> List[Dict]:
-            model, tokenizer, stop_ids, device, dtype = parts.distiller
             seeds = [group_seed(cfg.seed, 0, i) for i in batch]  # cluster i's own retry stream
-            done = distill_clusters(model, tokenizer, [prompts[i] for i in batch], seeds,
-                                    cfg.distill, stop_ids, device, dtype)
+            done = distill_clusters(parts.distiller, [prompts[i] for i in batch], seeds,
+                                    cfg.distill)
             rows = []
             for i, (gen, parsed, attempts, reasons) in zip(batch, done):
                 c = clusters[i]

@@ -51,7 +51,7 @@ from lmmixup.data.jsonl import atomic_write_text
 from lmmixup.data.prompts import PromptSampler, check_prompt_lengths, load_rows
 from lmmixup.device import resolve_device
 from lmmixup.dist.context import DistContext, close_distributed, init_distributed
-from lmmixup.dist.gather import gather_batch, gather_optional_rows
+from lmmixup.dist.gather import gather_optional_rows
 from lmmixup.dist.shard import StepPrompts, group_uniforms, shard_positions
 from lmmixup.errors import LmmixupError, require
 from lmmixup.evaluate import evaluate
@@ -59,13 +59,15 @@ from lmmixup.grpo import group_advantages
 from lmmixup.inspect.hook import StepInspector
 from lmmixup.logging import MetricsLog, NullMetricsLog, redact
 from lmmixup.lora import is_lora, save_lora_and_merged
-from lmmixup.models import frozen_copy, load_model, load_tokenizer, stop_token_ids
+from lmmixup.models import frozen_copy, load_model, load_tokenizer
 from lmmixup.optim import advance_schedule, build_optimizer, build_scheduler
 from lmmixup.precision import RunPrecision, describe, run_precision
 from lmmixup.rewards import build_rewards, compute_rewards, reward_extra_metrics
 from lmmixup.rollout import RECORDS_LOGPROBS
-from lmmixup.step import (collect, frac_zero_std_groups, frozen_logprobs, grpo_update, reward_batch,
-                          reward_metrics, sample, update_config, update_metrics)
+from lmmixup.sampling.policy import Policy
+from lmmixup.sampling.rounds import collect, gather_batch
+from lmmixup.step import (frac_zero_std_groups, frozen_logprobs, grpo_update, reward_metrics,
+                          update_config, update_metrics)
 
 register_configs()
 
@@ -120,7 +122,9 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     # and the precisions, so a resume where auto resolves otherwise names the key that differs.
     resume_config = {**config_dict, "device": device.type, "precision": prec.names(),
                      **dist.fingerprint()}
-    stop_ids = stop_token_ids(tokenizer, model)
+    # what samples (GRPO's rollouts, evaluation's greedy answers): model, tokenizer, stop ids,
+    # device, the sampler's precision and cfg.rollout, in one object (lmmixup/sampling/)
+    policy = Policy.build(model, tokenizer, device, cfg.rollout, dtype=prec.rollout)
     reward_fns = build_rewards(cfg.reward)
 
     if cfg.stage == "eval":
@@ -130,13 +134,12 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         log = MetricsLog(cfg.logger, run_dir, config_dict, resume_step=-1 if cfg.resume else None)
         atomic_write_text(run_dir / "config.yaml", config_yaml)
         print(describe(cfg.precision, prec, device), flush=True)
-        evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step=0, log=log,
-                 dtype=prec.rollout)
+        evaluate(policy, cfg, reward_fns, run_dir, step=0, log=log)
         log.finish()
         return
     if cfg.stage == "sft":
-        run_sft(cfg, rows, model, tokenizer, stop_ids, reward_fns, device, run_dir, config_dict,
-                config_yaml, dist, prec, resume_config)
+        run_sft(cfg, rows, policy, reward_fns, run_dir, config_dict, config_yaml, dist, prec,
+                resume_config)
         return
 
     sampler = PromptSampler(rows, cfg.data.shuffle_seed)
@@ -170,12 +173,11 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         uniforms = None  # sampling_rng=global: the global torch RNG, seeded by (seed, step)
         if dist.sampling_rng == "group":
             uniforms = group_uniforms(prompts.seeds, G, cfg.rollout.max_new_tokens)  # (n, T)
-        return sample(policy, tokenizer, batch_rows, cfg.rollout, G, stop_ids,
-                      cfg.data.max_prompt_tokens, cfg.data.train_file, device, uniforms=uniforms,
-                      dtype=prec.rollout)
+        return policy.sample(batch_rows, G, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                             source=cfg.data.train_file, uniforms=uniforms)
 
     def score_fn(rollout, batch_rows):
-        texts = reward_batch(tokenizer, rollout, batch_rows, G)
+        texts = policy.decode(rollout, batch_rows, G)
         result = compute_rewards(reward_fns, cfg.reward, texts, G)
         return texts, result.total, result.components
 
@@ -192,7 +194,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
 
         # 1-2. Rollout and rewards (DAPO's dynamic sampling may take extra rounds).
         t_rollout = time.perf_counter()
-        policy = dist.full_model(model)  # FSDP2: the weights all-gathered once; else the model
+        # the policy on its current weights: FSDP2's replica all-gathered once; else the model
+        policy = policy.using(dist.full_model(model))
         prompts = StepPrompts(sampler.next_batch, cfg.seed, step, block=cfg.mini_batch_prompts or B,
                               world_size=dist.world_size, rank=dist.rank)
         batch = collect(prompts.next_rows, sample_fn, score_fn, B, cfg.algo,
@@ -224,7 +227,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
                               and not prec.gap)
         if not single_update:
             old_logp = rollout.rollout_logp if sampler_is_trainer else frozen_logprobs(
-                policy, rollout, cfg.rollout.temperature, cfg.micro_batch_size,
+                policy.model, rollout, cfg.rollout.temperature, cfg.micro_batch_size,
                 cfg.logprob_chunk_size, compute_dtype=prec.train)
         ref_logp = None
         if ref_model is not None:
@@ -288,9 +291,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         log.log(step, metrics)
         bar.set_postfix(reward=f"{metrics['reward/total_mean']:.3f}", kl=f"{stats.kl:.4f}")
 
-        def run_eval(policy) -> None:
-            evaluate(policy, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, step, log=log,
-                     dtype=prec.rollout)
+        def run_eval(weights) -> None:
+            evaluate(policy.using(weights), cfg, reward_fns, run_dir, step, log=log)
 
         if evaluate_and_checkpoint(cfg, step, stop_now, save, dist, model, run_eval):
             print(f"stopped by {stop.signal_name or 'a signal to another rank'} after step {step}; "
@@ -299,12 +301,11 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
             log.finish()
             return
     save(cfg.steps)
-    policy = dist.full_model(model)  # every rank takes part in FSDP2's all-gather
+    policy = policy.using(dist.full_model(model))  # every rank takes part in FSDP2's all-gather
     if dist.is_main:
-        save_final_model(policy, tokenizer, run_dir)
+        save_final_model(policy.model, tokenizer, run_dir)
         if cfg.data.eval_file and not (cfg.eval_every and cfg.steps % cfg.eval_every == 0):
-            evaluate(policy, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log,
-                     dtype=prec.rollout)
+            evaluate(policy, cfg, reward_fns, run_dir, cfg.steps, log=log)
     dist.barrier()
     log.finish()
 
@@ -314,9 +315,9 @@ def evaluate_and_checkpoint(cfg: TrainConfig, step: int, stop_now: bool, save, d
     """The end of a step on every rank: rank 0 evaluates (the others wait), every rank takes
     part in a checkpoint. Returns True when the run stops here (a signal reached some rank)."""
     if cfg.eval_every and step % cfg.eval_every == 0 and cfg.data.eval_file:
-        policy = dist.full_model(model)  # every rank takes part in FSDP2's all-gather
+        weights = dist.full_model(model)  # every rank takes part in FSDP2's all-gather
         if dist.is_main:
-            run_eval(policy)
+            run_eval(weights)
         dist.barrier()
     if stop_now:
         save(step)
@@ -326,17 +327,17 @@ def evaluate_and_checkpoint(cfg: TrainConfig, step: int, stop_now: bool, save, d
     return False
 
 
-def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, device,
-            run_dir: Path, config_dict, config_yaml: str, dist: DistContext, prec: RunPrecision,
-            resume_config) -> None:
+def run_sft(cfg: TrainConfig, rows, policy: Policy, reward_fns, run_dir: Path, config_dict,
+            config_yaml: str, dist: DistContext, prec: RunPrecision, resume_config) -> None:
     """The SFT cold start: cross-entropy on target tokens only (prompt masked), lr warm-up,
     token-exact gradient accumulation, forwards at prec.train. Checkpoints and resume work as
     in GRPO. Under torchrun each rank takes a contiguous 1/N of every step's examples; the
-    token normaliser is global."""
+    token normaliser is global. `policy` holds the model trained and evaluates it at the end."""
     from tqdm import tqdm
 
     from lmmixup.sft import encode_rows, sft_backward
 
+    model, tokenizer, device = policy.model, policy.tokenizer, policy.device
     examples, skipped = encode_rows(tokenizer, rows, cfg.sft.max_seq_len, cfg.data.train_file)
     if not examples:
         raise LmmixupError(f"{cfg.data.train_file}: every row is longer than "
@@ -399,12 +400,11 @@ def run_sft(cfg: TrainConfig, rows, model, tokenizer, stop_ids, reward_fns, devi
             return
     save_everywhere(dist, run_dir, cfg.steps, model, optimizer, scheduler, sampler.state_dict(),
                     resume_config, config_yaml, cfg)
-    policy = dist.full_model(model)  # every rank takes part in FSDP2's all-gather
+    policy = policy.using(dist.full_model(model))  # every rank takes part in FSDP2's all-gather
     if dist.is_main:
-        save_final_model(policy, tokenizer, run_dir)
+        save_final_model(policy.model, tokenizer, run_dir)
         if cfg.data.eval_file:
-            evaluate(policy, tokenizer, cfg, reward_fns, stop_ids, device, run_dir, cfg.steps, log=log,
-                     dtype=prec.rollout)
+            evaluate(policy, cfg, reward_fns, run_dir, cfg.steps, log=log)
     dist.barrier()
     log.finish()
 

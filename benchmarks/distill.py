@@ -5,7 +5,7 @@
     (also a section of `python -m lmmixup.bench`)
 
 What is timed is distill.py's own generation call, `lmmixup.distill.generate.distill_batch`
-(training's prompt layout, greedy, `lmmixup.step.sample`), with `distill.engine` = static
+(training's prompt layout, greedy, `lmmixup.sampling.policy.Policy.sample`), with `distill.engine` = static
 (ours) or hf, over the SAME clusters in the same batches. The clusters are real: the first
 pool rows of --pool, clustered by distill.py's capacity-limited k-means on bag-of-words hashing
 embeddings (which clusters form does not matter for speed, and it needs no embedding model).
@@ -45,15 +45,15 @@ def real_clusters(pool: str, member_chars: int):
 def bench_distill(reps: int, table: List, pool: str = "sharegpt:120", batch: int = 8,
                   max_new_tokens: int = 128, model_name: str = "",
                   member_chars: int = 400) -> Dict:
-    import torch
-
     from lmmixup.distill.generate import GenerateConfig, distill_batch
-    from lmmixup.models import ModelConfig, load_model, load_tokenizer, stop_token_ids
+    from lmmixup.models import ModelConfig, load_model, load_tokenizer
+    from lmmixup.rollout import RolloutConfig
+    from lmmixup.sampling.policy import Policy
 
     mcfg = ModelConfig(name_or_path=model_name) if model_name else ModelConfig()
     tok = load_tokenizer(mcfg)
     model = load_model(mcfg, tok).eval()
-    stops = stop_token_ids(tok, model)
+    policy = Policy.build(model, tok, "cpu", RolloutConfig())  # each attempt sets its engine
     prompts = real_clusters(pool, member_chars)
     batches = [prompts[s:s + batch] for s in range(0, len(prompts), batch)]
     cfgs = {e: GenerateConfig(engine=e, batch_size=batch, max_new_tokens=max_new_tokens,
@@ -61,8 +61,7 @@ def bench_distill(reps: int, table: List, pool: str = "sharegpt:120", batch: int
             for e in ("static", "hf")}
     warm = GenerateConfig(engine="static", max_new_tokens=4, max_prompt_tokens=4096)
     for e in cfgs:  # warm-up: weight preparation, allocator, first-call overheads
-        distill_batch(model, tok, batches[0][:2], dataclasses.replace(warm, engine=e),
-                      stops, torch.device("cpu"))
+        distill_batch(policy, batches[0][:2], dataclasses.replace(warm, engine=e))
     seconds = {e: [] for e in cfgs}
     texts = {e: [] for e in cfgs}
     tokens = {e: 0 for e in cfgs}
@@ -71,7 +70,7 @@ def bench_distill(reps: int, table: List, pool: str = "sharegpt:120", batch: int
         for b in batches:
             for e, cfg in cfgs.items():  # alternate engines batch by batch
                 t0 = time.perf_counter()
-                gens = distill_batch(model, tok, b, cfg, stops, torch.device("cpu"))
+                gens = distill_batch(policy, b, cfg)
                 spent[e] += time.perf_counter() - t0
                 if len(texts[e]) < len(prompts):
                     texts[e] += [g.completion for g in gens]

@@ -42,8 +42,8 @@ Sections (all on the embedded SmolLM2-135M-Instruct, fp32 master weights):
             6 * (backbone params) * all tokens + 6 * (lm_head params) * completion tokens
             + 12 * layers * heads * head_dim * seq_len per token (attention).
   step      one GRPO optimizer step (sample, reward, reference log-probs, update) with our
-            lmmixup.step functions at precision.*=auto (and algo.rollout_is=auto) vs TRL's
-            GRPOTrainer with bf16=False and with bf16=True (accelerate's autocast, fp32 master
+            lmmixup.sampling Policy and lmmixup.step functions at precision.*=auto (and
+            algo.rollout_is=auto) vs TRL's GRPOTrainer with bf16=False and with bf16=True (accelerate's autocast, fp32 master
             weights): B=4 x G=4, 64 max completion tokens,
             beta=0.04, mu=1, AdamW lr 1e-6, 2 micro-batches of 8, no gradient
             checkpointing (TRL's default turns it on; ours has it off), the same trivial
@@ -361,11 +361,12 @@ def child_step_ours(steps: int) -> Dict:
     """Our GRPO step at precision.train=auto, precision.rollout=auto, algo.rollout_is=auto."""
     from lmmixup.data.prompts import PromptRow
     from lmmixup.grpo import AlgoConfig, group_advantages
-    from lmmixup.models import frozen_copy, stop_token_ids
+    from lmmixup.models import frozen_copy
     from lmmixup.optim import OptimConfig, build_optimizer, build_scheduler
     from lmmixup.precision import PrecisionConfig, run_precision
     from lmmixup.rollout import RolloutConfig
-    from lmmixup.step import UpdateConfig, frozen_logprobs, grpo_update, reward_batch, sample
+    from lmmixup.sampling.policy import Policy
+    from lmmixup.step import UpdateConfig, frozen_logprobs, grpo_update
 
     model, tok = _smollm2()
     model.train()
@@ -375,7 +376,7 @@ def child_step_ours(steps: int) -> Dict:
     rollout_cfg = RolloutConfig(max_new_tokens=64)  # engine=static
     optim_cfg = OptimConfig(lr=1e-6)  # the TRL side's lr (the docstring's setting)
     micro, chunk = 8, 1024
-    stops = stop_token_ids(tok, model)
+    policy = Policy.build(model, tok, "cpu", rollout_cfg, dtype=prec.rollout)
     ref = frozen_copy(model)
     opt = build_optimizer(model, optim_cfg)
     sched = build_scheduler(opt, optim_cfg, steps)
@@ -385,10 +386,9 @@ def child_step_ours(steps: int) -> Dict:
     for s in range(steps):
         torch.manual_seed(s)
         t0, c0 = time.perf_counter(), time.process_time()
-        rollout = sample(model, tok, rows, rollout_cfg, algo.group_size, stops, 1024, "bench", "cpu",
-                         dtype=prec.rollout)
+        rollout = policy.sample(rows, algo.group_size, max_prompt_tokens=1024, source="bench")
         t_sampled = time.perf_counter()
-        texts = reward_batch(tok, rollout, rows, algo.group_size)
+        texts = policy.decode(rollout, rows, algo.group_size)
         rewards = torch.tensor([_trivial_reward(c) for c in texts.completions])  # (N,)
         adv = group_advantages(rewards, algo.group_size, algo.adv_scale, algo.adv_eps)  # (N,)
         t1 = time.perf_counter()

@@ -54,7 +54,9 @@ class CheckpointConfig:
 # the warm-up and the cosine under the resumed run. Not `device`: CPU and CUDA draw different
 # random streams (train.py fingerprints the resolved device, so auto -> cpu on a CPU is fine).
 # `dist` too: what of it changes the trajectory (the resolved sampling_rng, the world size) is
-# fingerprinted by train.py only when it differs from one process's, so older checkpoints resume.
+# fingerprinted by train.py unless it is one process with global sampling (the default before
+# sampling_rng=auto meant group for the static engine), so those checkpoints resume with
+# dist.sampling_rng=global, and a resume that would sample otherwise names the key.
 RESUMABLE_CHANGES = ("resume", "logger", "checkpoint", "eval_every", "dist")
 
 

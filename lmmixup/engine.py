@@ -47,7 +47,7 @@ recorded log-probs equal a fresh forward, a chi-square test of the sampled frequ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,10 +56,8 @@ from lmmixup.errors import LmmixupError
 from lmmixup import onednn
 from lmmixup.kernel_choice import current_choice
 from lmmixup.kernels import PackedLinear, rope, signed_sin, unsupported_reason
-from lmmixup.rollout_batch import Rollout, completion_mask_from_stops, repeat_for_group
+from lmmixup.rollout_batch import Rollout, RolloutConfig, completion_mask_from_stops, repeat_for_group
 
-if TYPE_CHECKING:  # annotations only: lmmixup.rollout imports this module, not the reverse
-    from lmmixup.rollout import RolloutConfig
 KV_BUCKET = 64
 """attention reads the KV cache up to the next multiple of this many columns"""
 COMPACT_FRACTION = 0.25

@@ -29,7 +29,7 @@ from lmmixup.data.prompts import load_rows
 from lmmixup.eval.baselines import BASELINES, has_members
 from lmmixup.eval.stats import bootstrap_mean_ci
 from lmmixup.rewards.registry import RewardBatch, compute_rewards
-from lmmixup.step import reward_batch, sample
+from lmmixup.sampling.policy import Policy
 
 
 def interval_metrics(prefix: str, per_row: List[Dict[str, float]]) -> Dict[str, float]:
@@ -65,22 +65,21 @@ def score_baselines(rows, reward_fns, reward_cfg, batch_rows: int) -> Dict[str, 
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir: Path, step: int,
-             log=None, batch_rows: int = 16, dtype: torch.dtype = torch.float32) -> Dict[str, float]:
-    """Greedy completions of the held-out rows, scored (files: the module docstring). dtype:
-    the precision the static engine decodes in (precision.rollout resolved, as the sampler's);
-    `eval/decode_bf16` records it, since greedy tokens can differ between fp32 and bf16."""
+def evaluate(policy: Policy, cfg, reward_fns, run_dir: Path, step: int, log=None,
+             batch_rows: int = 16) -> Dict[str, float]:
+    """Greedy completions of the held-out rows (`policy.greedy`: cfg.rollout's engine and budget,
+    the argmax), scored (files: the module docstring). The static engine decodes in the
+    sampler's precision (policy.dtype, precision.rollout resolved); `eval/decode_bf16` records
+    it, since greedy tokens can differ between fp32 and bf16."""
     rows = load_rows(cfg.data.eval_file)[: cfg.eval_max_rows]
-    greedy = dataclasses.replace(cfg.rollout, temperature=1.0, top_k=1, top_p=1.0)
     # Group normalisation is meaningless for one completion per prompt: mix the raw scores.
     reward_cfg = dataclasses.replace(cfg.reward, normalize_per_group=False)
     samples = []
     t0 = time.perf_counter()
     for start in range(0, len(rows), batch_rows):
         chunk = rows[start : start + batch_rows]
-        rollout = sample(model, tokenizer, chunk, greedy, 1, stop_ids, cfg.data.max_prompt_tokens,
-                         cfg.data.eval_file, device, dtype=dtype)
-        texts = reward_batch(tokenizer, rollout, chunk, 1)
+        texts = policy.greedy(chunk, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                              source=cfg.data.eval_file).texts
         result = compute_rewards(reward_fns, reward_cfg, texts, 1)
         for i, row in enumerate(chunk):
             samples.append({"line": row.line, "seed_id": (row.extra or {}).get("seed_id"),
@@ -97,7 +96,7 @@ def evaluate(model, tokenizer, cfg, reward_fns, stop_ids, device, run_dir: Path,
                **interval_metrics("eval/", [{k: s[k] for k in metric_keys} for s in samples])}
     summary["eval/frac_truncated"] = summary["eval/truncated_mean"]  # the name earlier runs used
     summary["time/eval_s"] = time.perf_counter() - t0
-    summary["eval/decode_bf16"] = float(dtype == torch.bfloat16)
+    summary["eval/decode_bf16"] = float(policy.dtype == torch.bfloat16)
     if all(has_members(r) for r in rows):
         t0 = time.perf_counter()
         for name, per_row in score_baselines(rows, reward_fns, reward_cfg, batch_rows).items():

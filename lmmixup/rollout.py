@@ -20,38 +20,14 @@ Conventions every engine follows (the loss relies on them):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Dict, Sequence
 
 import torch
 
 from lmmixup.engine import static_generate
-from lmmixup.errors import require
 from lmmixup.rollout_batch import (  # noqa: F401  (re-exported: the rollout types live there)
-    Rollout, completion_mask_from_stops, concat_rollouts, repeat_for_group, select_rows)
-
-
-@dataclass
-class RolloutConfig:
-    engine: str = "static"
-    """rollout engine: static (preallocated KV cache, ours) | hf (transformers generate) |
-    vllm (EXPERIMENTAL, GPU, optional extra; lmmixup/vllm_rollout)"""
-    max_new_tokens: int = 128
-    """maximum completion length T; longer completions are cut and counted as truncated"""
-    temperature: float = 1.0
-    """sampling temperature tau; log-probs everywhere use logits / tau"""
-    top_p: float = 1.0
-    """nucleus sampling mass (1.0 = off)"""
-    top_k: int = 0
-    """keep only the k most likely tokens (0 = off)"""
-
-    def validate(self) -> None:
-        require(self.engine in ENGINES, "rollout.engine",
-                f"unknown engine {self.engine!r}; known: {', '.join(ENGINES)}")
-        require(self.max_new_tokens > 0, "rollout.max_new_tokens", "must be > 0")
-        require(self.temperature > 0, "rollout.temperature", "must be > 0")
-        require(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
-        require(self.top_k >= 0, "rollout.top_k", "must be >= 0")
+    ENGINE_NAMES, Rollout, RolloutConfig, completion_mask_from_stops, concat_rollouts,
+    repeat_for_group, select_rows)
 
 
 @torch.no_grad()
@@ -100,7 +76,9 @@ def vllm_generate(*args, **kwargs) -> Rollout:
 
 
 EngineFn = Callable[..., Rollout]
-# The one place engines are named; each module defines its engine and registers nothing itself.
+# The one place engines are bound to their names (ENGINE_NAMES, which RolloutConfig checks, in
+# the leaf module; tests/test_engine.py holds the two equal); each module defines its engine and
+# registers nothing itself.
 ENGINES: Dict[str, EngineFn] = {"hf": hf_generate, "static": static_generate, "vllm": vllm_generate}
 # engines whose Rollout carries the sampler's log-probs (rollout_logp)
 RECORDS_LOGPROBS = ("static", "vllm")

@@ -1,8 +1,9 @@
-"""A batch of sampled completions (`Rollout`) and the mask and layout helpers every engine uses.
+"""A batch of sampled completions (`Rollout`), how to sample it (`RolloutConfig`), and the mask
+and layout helpers every engine uses.
 
-A leaf module (it imports only torch), so the engines (lmmixup/engine.py, the `hf` engine in
-lmmixup/rollout.py) and the trainer share these types without importing each other.
-Conventions: see lmmixup/rollout.py.
+A leaf module (it imports only torch and lmmixup.errors), so the engines (lmmixup/engine.py,
+the `hf` engine in lmmixup/rollout.py), the sampling layer (lmmixup/sampling/) and the trainer
+share these types without importing each other. Conventions: see lmmixup/rollout.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,35 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+
+from lmmixup.errors import require
+
+ENGINE_NAMES = ("hf", "static", "vllm")
+"""the rollout engines, bound to their functions in lmmixup/rollout.py (ENGINES)"""
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "static"
+    """rollout engine: static (preallocated KV cache, ours) | hf (transformers generate) |
+    vllm (EXPERIMENTAL, GPU, optional extra; lmmixup/vllm_rollout)"""
+    max_new_tokens: int = 128
+    """maximum completion length T; longer completions are cut and counted as truncated"""
+    temperature: float = 1.0
+    """sampling temperature tau; log-probs everywhere use logits / tau"""
+    top_p: float = 1.0
+    """nucleus sampling mass (1.0 = off)"""
+    top_k: int = 0
+    """keep only the k most likely tokens (0 = off)"""
+
+    def validate(self) -> None:
+        require(self.engine in ENGINE_NAMES, "rollout.engine",
+                f"unknown engine {self.engine!r}; known: {', '.join(ENGINE_NAMES)}")
+        require(self.max_new_tokens > 0, "rollout.max_new_tokens", "must be > 0")
+        require(self.temperature > 0, "rollout.temperature", "must be > 0")
+        require(0 < self.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+        require(self.top_k >= 0, "rollout.top_k", "must be >= 0")
+
 
 @dataclass
 class Rollout:

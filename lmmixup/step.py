@@ -1,18 +1,19 @@
-"""The pieces of one GRPO step, each a plain function: sample -> score -> advantages -> update.
+"""One GRPO update on a sampled, scored batch: the loss mask, the frozen log-probs, the mu
+passes of optimizer updates (`grpo_update`), and the step's metrics.
 
-train.py calls them in that order; the benchmark calls the same functions, so what it times is
-what training runs.
+Sampling and scoring happen before, in the sampling layer (lmmixup/sampling/: `Policy` samples,
+`collect` runs the rollout rounds); train.py calls them, then these, in its docstring's order.
+The benchmark calls the same functions, so what it times is what training runs.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from dataclasses import dataclass, field, fields
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from lmmixup.data.prompts import PromptRow, encode_prompts
 from lmmixup.dist.context import LOCAL, DistContext
 from lmmixup.dist.gather import gather_padded_rows
 from lmmixup.errors import require
@@ -21,53 +22,7 @@ from lmmixup.grpo import (AlgoConfig, LossNorm, MismatchStats, mismatch_stats,
 from lmmixup.logprobs import completion_logprobs
 from lmmixup.optim import advance_schedule
 from lmmixup.precision import autocast, resolve_rollout_is
-from lmmixup.rewards.registry import RewardBatch
-from lmmixup.rollout import Rollout, RolloutConfig, concat_rollouts, get_engine, select_rows
-
-
-def sample(model, tokenizer, rows: List[PromptRow], rollout_cfg: RolloutConfig, group_size: int,
-           stop_ids: Sequence[int], max_prompt_tokens: int, source: str, device,
-           uniforms: Optional[torch.Tensor] = None,
-           stop_sequences: Sequence[Sequence[int]] = (),
-           dtype: torch.dtype = torch.float32) -> Rollout:
-    """B rows -> a Rollout of N = B*G completions (model switched to eval for decoding).
-    uniforms (N, T): per-group sampling randomness (lmmixup/dist/shard.py), static engine only;
-    None samples from the global torch RNG. stop_sequences: token-id sequences that end a row
-    (engine.static_generate), static engine only; other engines run to their stop ids and the
-    caller cuts the text. dtype: the precision the static engine samples in (precision.rollout
-    resolved, lmmixup/precision.py); other engines sample in the model's."""
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, rows, max_prompt_tokens, source)  # (B, P)
-    was_training = model.training
-    model.eval()
-    try:
-        engine = get_engine(rollout_cfg.engine)
-        extra = {} if uniforms is None else {"uniforms": uniforms}
-        if stop_sequences and rollout_cfg.engine == "static":
-            extra["stop_sequences"] = stop_sequences
-        if dtype != torch.float32:
-            require(rollout_cfg.engine == "static", "precision.rollout",
-                    "only rollout.engine=static samples in another precision")
-            extra["dtype"] = dtype
-        return engine(model, prompt_ids.to(device), prompt_mask.to(device), rollout_cfg,
-                      group_size, stop_ids, tokenizer.pad_token_id, **extra)
-    finally:
-        model.train(was_training)
-
-
-def reward_batch(tokenizer, rollout: Rollout, rows: List[PromptRow], group_size: int) -> RewardBatch:
-    """Decode a rollout into the texts every reward scores (row n belongs to prompt n // G)."""
-    masked = rollout.completion_ids.masked_fill(rollout.completion_mask == 0, tokenizer.pad_token_id)
-    completions = tokenizer.batch_decode(masked.tolist(), skip_special_tokens=True)
-    prompts = tokenizer.batch_decode(rollout.prompt_ids.tolist(), skip_special_tokens=True)
-    owners = [rows[n // group_size] for n in range(rollout.num_sequences)]
-    return RewardBatch(
-        prompts=prompts,
-        completions=completions,
-        references=[r.reference for r in owners],
-        tasks=[r.task for r in owners],
-        completion_tokens=[int(x) for x in rollout.completion_lengths.tolist()],
-        truncated=[bool(x) for x in rollout.truncated.tolist()],
-    )
+from lmmixup.rollout_batch import Rollout
 
 
 def loss_mask(rollout: Rollout, algo: AlgoConfig) -> torch.Tensor:
@@ -166,9 +121,13 @@ class _Sums:
     entropy_tokens: float = 0.0
     loss: float = 0.0
 
+    @staticmethod
+    def added() -> List[str]:
+        """The fields that add up over mini-batches and ranks: every field but ratio_max (a max)."""
+        return [f.name for f in fields(_Sums) if f.name != "ratio_max"]
+
     def add(self, other: "_Sums") -> None:
-        for f in ("tokens", "kl", "ratio", "clip_low", "clip_high", "entropy", "entropy_tokens",
-                  "loss"):
+        for f in self.added():
             setattr(self, f, getattr(self, f) + getattr(other, f))
         self.ratio_max = max(self.ratio_max, other.ratio_max)
 
@@ -348,7 +307,7 @@ def _reduce_sums(sums: _Sums, dist: DistContext) -> _Sums:
     """Every rank's token sums added (a (sum, count) reduction, never a mean of means)."""
     if not dist.distributed:
         return sums
-    names = ("tokens", "kl", "ratio", "clip_low", "clip_high", "entropy", "entropy_tokens", "loss")
+    names = _Sums.added()
     added = dist.sum_floats([getattr(sums, f) for f in names])
     out = _Sums(**dict(zip(names, added)))
     out.ratio_max = dist.max_float(sums.ratio_max)
@@ -382,136 +341,3 @@ def update_metrics(stats: UpdateStats) -> Dict[str, float]:
 def frac_zero_std_groups(total: torch.Tensor, group_size: int) -> float:
     """(N,) rewards in group order -> the fraction of groups whose rewards are all equal."""
     return float(zero_std_groups(total, group_size).float().mean())
-
-
-class _Round(NamedTuple):
-    """One rollout round, or the part of it that survived filtering."""
-
-    rows: List[PromptRow]  # (b,) one per group
-    rollout: Rollout
-    texts: RewardBatch
-    total: torch.Tensor  # (n,) n = b*G
-    components: Dict[str, torch.Tensor]  # name -> (n,)
-
-    def select_groups(self, keep: torch.Tensor, group_size: int) -> "_Round":
-        """The groups keep (b,) bool of this round, with all G rows of each."""
-        seq = keep.repeat_interleave(group_size).nonzero().squeeze(1)  # (n',)
-        return _Round([r for r, k in zip(self.rows, keep.tolist()) if k],
-                      select_rows(self.rollout, seq), self.texts.select(seq.tolist()),
-                      self.total[seq], {k: v[seq] for k, v in self.components.items()})
-
-
-def _concat_texts(parts: Sequence[RewardBatch]) -> RewardBatch:
-    known = all(p.truncated is not None for p in parts)
-    return RewardBatch(prompts=[x for p in parts for x in p.prompts],
-                       completions=[x for p in parts for x in p.completions],
-                       references=[x for p in parts for x in p.references],
-                       tasks=[x for p in parts for x in p.tasks],
-                       completion_tokens=[x for p in parts for x in p.completion_tokens],
-                       truncated=[x for p in parts for x in p.truncated] if known else None)
-
-
-@dataclass
-class ScoredBatch:
-    """What one step trains on, after optional zero-signal group filtering, and what it sampled.
-
-    Without filtering the sampled_* fields hold the same values as total / components.
-    """
-
-    rollout: Rollout  # N' = B'*G rows, B' <= B groups
-    rows: List[PromptRow]  # (B',) the prompt row of each kept group
-    texts: RewardBatch  # the decoded texts of those rows (for rollout dumps)
-    total: torch.Tensor  # (N',) mixed reward
-    components: Dict[str, torch.Tensor]  # name -> (N',)
-    sampled_total: torch.Tensor  # (M,) every completion sampled this step, all rounds, unfiltered
-    sampled_components: Dict[str, torch.Tensor]  # name -> (M,)
-    rounds: int  # rollout rounds used (> 1 only with DAPO-style resampling)
-    dropped_groups: int  # zero-std groups filtered out
-    positions: List[int]  # (b,) each group's place in the global kept order (see collect)
-
-
-def collect(next_rows, sample_fn, score_fn, batch_prompts: int, algo: AlgoConfig,
-            pad_id: int, dist: DistContext = LOCAL,
-            row_indices: Optional[Callable[[], List[int]]] = None) -> ScoredBatch:
-    """Sample and score B prompts. With algo.filter_zero_std_groups, groups whose rewards are
-    all equal are dropped and fresh prompts are sampled, up to algo.max_resample_rounds extra
-    rounds (DAPO's dynamic sampling); the batch may end up smaller than B, never larger.
-
-    next_rows(k) -> k PromptRows; sample_fn(rows) -> Rollout; score_fn(rollout, rows) ->
-    (RewardBatch, total (n,), components).
-
-    Under torchrun, next_rows(k) returns this rank's share of the next k global prompts (possibly
-    none) and B counts the groups of every rank: the kept groups' indices are gathered after
-    each round (the small all-gather DAPO's refill needs), so every rank runs the same rounds. A
-    rank whose groups were all filtered away gets an empty batch; its training share is then a
-    zero-loss backward (grpo_update).
-
-    `positions` numbers the kept groups of every rank in the order one process keeps them
-    (round by round, each round in global prompt order): row_indices() gives the global stream
-    position of the rows next_rows last returned (None: one process, the rows themselves).
-    grpo_update puts group p in global mini-batch p // mini_batch_prompts, so the mini-batches,
-    and with them the updates, are the same for any number of ranks, also after DAPO's refill.
-    Each round gathers the kept groups' indices (a few ints per rank) to number them."""
-    g = algo.group_size
-    sampled: List[_Round] = []
-    kept: List[_Round] = []
-    kept_groups, dropped, rounds = 0, 0, 0  # kept_groups: over all ranks
-    positions: List[int] = []
-    first_indices: List[int] = []
-    drawn = 0  # prompts drawn so far (one process's stream positions)
-    max_rounds = 1 + (algo.max_resample_rounds if algo.filter_zero_std_groups else 0)
-    while rounds < max_rounds and kept_groups < batch_prompts:
-        rows = next_rows(batch_prompts - kept_groups)
-        indices = (row_indices() if row_indices is not None
-                   else list(range(drawn, drawn + len(rows))))  # (b,) stream positions
-        drawn += len(rows)
-        if rounds == 0:
-            first_indices = indices
-        rounds += 1
-        kept_here: List[int] = []  # global stream indices of this rank's kept groups
-        if rows:
-            rollout = sample_fn(rows)
-            round_ = _Round(rows, rollout, *score_fn(rollout, rows))
-            sampled.append(round_)
-            if not algo.filter_zero_std_groups:
-                kept.append(round_)
-                positions = indices  # one round, nothing dropped: the global batch order
-                break
-            keep = ~zero_std_groups(round_.total, g)  # (b,)
-            dropped += int((~keep).sum())
-            if keep.any():
-                kept.append(round_.select_groups(keep, g))  # n' = b' * G rows
-                kept_here = [indices[j] for j in keep.nonzero().flatten().tolist()]
-        everyone = sorted(i for part in dist.gather_objects(kept_here) for i in part)  # this round
-        place = {index: kept_groups + k for k, index in enumerate(everyone)}
-        positions += [place[i] for i in kept_here]
-        kept_groups += len(everyone)
-    if not kept:
-        # every group of every rank was flat: train on the first round (all advantages are 0);
-        # only this rank's were: it trains on nothing
-        none = torch.zeros(len(sampled[0].rows), dtype=torch.bool)  # (b,)
-        kept = [sampled[0] if kept_groups == 0 else sampled[0].select_groups(none, g)]
-        positions = first_indices if kept_groups == 0 else []
-    return join_scored(kept, [(r.total, r.components) for r in sampled], pad_id, rounds=rounds,
-                       dropped_groups=dropped, positions=positions)
-
-
-def join_scored(kept: Sequence, sampled: Sequence[Tuple[torch.Tensor, Dict[str, torch.Tensor]]],
-                pad_id: int, *, rounds: int, dropped_groups: int,
-                positions: List[int]) -> ScoredBatch:
-    """Concatenate parts into one ScoredBatch, in order: `kept` have rollout, rows, texts, total
-    and components (collect's rounds, or every rank's batch in dist/gather.py); `sampled` are
-    the (total (m,), components) of every part before filtering."""
-    names = list(sampled[0][1])
-    return ScoredBatch(
-        rollout=concat_rollouts([k.rollout for k in kept], pad_id) if len(kept) > 1 else kept[0].rollout,
-        rows=[r for k in kept for r in k.rows],
-        texts=_concat_texts([k.texts for k in kept]),
-        total=torch.cat([k.total for k in kept]),  # (N',)
-        components={name: torch.cat([k.components[name] for k in kept]) for name in names},
-        sampled_total=torch.cat([total for total, _ in sampled]),  # (M,)
-        sampled_components={name: torch.cat([c[name] for _, c in sampled]) for name in names},
-        rounds=rounds,
-        dropped_groups=dropped_groups,
-        positions=positions,
-    )

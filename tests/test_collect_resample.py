@@ -6,7 +6,8 @@ import torch
 from lmmixup.grpo import AlgoConfig
 from lmmixup.rewards.registry import RewardBatch
 from lmmixup.rollout import Rollout
-from lmmixup.step import collect, frac_zero_std_groups
+from lmmixup.sampling.rounds import collect
+from lmmixup.step import frac_zero_std_groups
 
 
 def _fake_round(totals, t=3):

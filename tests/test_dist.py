@@ -68,6 +68,17 @@ def test_shard_positions_hand_computed():
     assert shard_positions(1, 1, 2, 0) == [] and shard_positions(1, 1, 2, 1) == [0]
 
 
+def test_auto_samples_per_group_wherever_the_engine_can():
+    from lmmixup.dist.context import DistConfig, resolve_sampling_rng
+
+    auto = DistConfig()  # sampling_rng=auto
+    # static: per-group streams in one process as on N ranks, so one config gives one run
+    assert resolve_sampling_rng(auto, 1, "static") == resolve_sampling_rng(auto, 2, "static") == "group"
+    assert resolve_sampling_rng(auto, 1, "hf") == "global"  # one global stream, one process
+    assert resolve_sampling_rng(auto, 4, "vllm") == "engine"
+    assert resolve_sampling_rng(DistConfig(sampling_rng="global"), 1, "static") == "global"
+
+
 def test_group_uniforms_depend_on_the_group_not_the_batch():
     seeds = [group_seed(0, 3, i) for i in range(4)]
     together = group_uniforms(seeds, G, T)  # (8, 7)
@@ -356,8 +367,10 @@ def two_rank_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_torchrun_smoke_equals_one_process_with_group_sampling(tmp_path, two_rank_run):
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *SMOKE, "dist.sampling_rng=group",
+@pytest.mark.parametrize("flags", [["dist.sampling_rng=group"], []], ids=["group", "default"])
+def test_torchrun_smoke_equals_one_process_with_group_sampling(tmp_path, two_rank_run, flags):
+    # "default": one config, one run on any number of ranks (sampling_rng=auto is group)
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *SMOKE, *flags,
                            f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

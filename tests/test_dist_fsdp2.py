@@ -58,7 +58,7 @@ def _dapo_membership(world_size, rank, out_dir, dist_ctx):
     from lmmixup.grpo import AlgoConfig
     from lmmixup.rewards.registry import RewardBatch
     from lmmixup.rollout import Rollout
-    from lmmixup.step import collect
+    from lmmixup.sampling.rounds import collect
 
     stream = iter(range(100))
     prompts = StepPrompts(lambda k: [next(stream) for _ in range(k)], 0, 1, block=DAPO_M,

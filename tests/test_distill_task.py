@@ -263,7 +263,7 @@ def test_retries_keep_the_first_pair_that_passes(monkeypatch):
     script = {0: [loop, ok, loop], 1: [loop, ok], 2: [ok]}  # attempt -> completion per call row
     calls = []
 
-    def fake_batch(model, tokenizer, prompts, cfg, stop_ids, device, dtype=None, attempt=0, seeds=None):
+    def fake_batch(policy, prompts, cfg, attempt=0, seeds=None):
         calls.append((attempt, [p.members[0][0] for p in prompts], seeds))
         return [g.Generation(text, text == loop, 10, 50, 200, 3) for text in script[attempt]]
 
@@ -271,7 +271,7 @@ def test_retries_keep_the_first_pair_that_passes(monkeypatch):
     members = [("When did scotland last that thing for world cup?", "1998")]
     prompts = [g.ClusterPrompt("qa", [(f"q{i}", "1998")] + members, []) for i in range(3)]
     cfg = g.GenerateConfig(retries=2)
-    got = g.distill_clusters(None, None, prompts, [11, 12, 13], cfg, [], "cpu")
+    got = g.distill_clusters(None, prompts, [11, 12, 13], cfg)
     # cluster 1 passed greedily (1 rollout), 2 on its first retry, 0 on its second
     assert [d.attempts for d in got] == [3, 1, 2]
     assert [d.parsed.ok for d in got] == [True, True, True]
@@ -281,7 +281,7 @@ def test_retries_keep_the_first_pair_that_passes(monkeypatch):
     assert [d.reasons for d in got] == [("truncated", "truncated", ""), ("",), ("truncated", "")]
     # with no retries the failure keeps its greedy text and reason
     calls.clear()
-    none = g.distill_clusters(None, None, prompts, [11, 12, 13], g.GenerateConfig(retries=0), [], "cpu")
+    none = g.distill_clusters(None, prompts, [11, 12, 13], g.GenerateConfig(retries=0))
     assert [d.parsed.reason for d in none] == ["truncated", "", "truncated"] and len(calls) == 1
 
 
@@ -294,14 +294,14 @@ def test_a_cluster_that_never_passes_keeps_its_closest_attempt(monkeypatch):
            "for world cup?\nA: 1998\n</answer>"
     script = {0: [loop], 1: [copy], 2: [loop]}
 
-    def fake_batch(model, tokenizer, prompts, cfg, stop_ids, device, dtype=None, attempt=0, seeds=None):
+    def fake_batch(policy, prompts, cfg, attempt=0, seeds=None):
         return [g.Generation(script[attempt][0], script[attempt][0] == loop, 10, 50, 200, 3)]
 
     monkeypatch.setattr(g, "distill_batch", fake_batch)
     members = [("When did scotland last that thing for world cup?", "1998"),
                ("When did Scotland last qualify for the World Cup?", "In 1998")]
-    got, = g.distill_clusters(None, None, [g.ClusterPrompt("qa", members, [])], [7],
-                              g.GenerateConfig(retries=2), [], "cpu")
+    got, = g.distill_clusters(None, [g.ClusterPrompt("qa", members, [])], [7],
+                              g.GenerateConfig(retries=2))
     # closeness: copied_member (parsed, degenerate: 4) beats truncated (0), and the later
     # truncated attempt does not replace it
     assert (got.parsed.reason, got.attempts) == ("copied_member", 3)
@@ -313,30 +313,34 @@ def test_a_cluster_that_never_passes_keeps_its_closest_attempt(monkeypatch):
 
 def test_a_retry_does_not_depend_on_its_batch():
     from lmmixup.distill.generate import GenerateConfig, cluster_prompt, distill_batch
-    from lmmixup.models import ModelConfig, load_model, load_tokenizer, stop_token_ids
+    from lmmixup.models import ModelConfig, load_model, load_tokenizer
+    from lmmixup.rollout import RolloutConfig
+    from lmmixup.sampling.policy import Policy
 
     tok = load_tokenizer(ModelConfig())
     model = load_model(ModelConfig(name_or_path="tiny"), tok).eval()
     cfg = GenerateConfig(max_new_tokens=24)
     rows = lambda pairs: [{"instruction": q, "input": "", "output": a} for q, a in pairs]  # noqa: E731
     prompts = [cluster_prompt(rows(REAL_MEMBERS[t]), cfg) for t in ("qa", "mcq")]
-    stop = stop_token_ids(tok, model)
+    policy = Policy.build(model, tok, "cpu", RolloutConfig())
     # attempt 2: the first sampled retry (attempt 1 is greedy)
-    both = distill_batch(model, tok, prompts, cfg, stop, "cpu", attempt=2, seeds=[5, 6])
-    alone = distill_batch(model, tok, prompts[1:], cfg, stop, "cpu", attempt=2, seeds=[6])
+    both = distill_batch(policy, prompts, cfg, attempt=2, seeds=[5, 6])
+    alone = distill_batch(policy, prompts[1:], cfg, attempt=2, seeds=[6])
     assert both[1].completion == alone[0].completion and both[1].completion
     # another seed is another draw; the greedy first retry ignores seeds
-    other = distill_batch(model, tok, prompts[1:], cfg, stop, "cpu", attempt=2, seeds=[7])
+    other = distill_batch(policy, prompts[1:], cfg, attempt=2, seeds=[7])
     assert other[0].completion != alone[0].completion
-    assert (distill_batch(model, tok, prompts[1:], cfg, stop, "cpu", attempt=1, seeds=[6])[0]
-            == distill_batch(model, tok, prompts[1:], cfg, stop, "cpu", attempt=1, seeds=[7])[0])
+    assert (distill_batch(policy, prompts[1:], cfg, attempt=1, seeds=[6])[0]
+            == distill_batch(policy, prompts[1:], cfg, attempt=1, seeds=[7])[0])
 
 
 def test_a_retry_starts_from_the_rule_written_notes():
     from lmmixup.data.layout import target_text
     from lmmixup.distill.generate import (GenerateConfig, cluster_prompt, distill_batch,
                                           rule_notes_prefill)
-    from lmmixup.models import ModelConfig, load_model, load_tokenizer, stop_token_ids
+    from lmmixup.models import ModelConfig, load_model, load_tokenizer
+    from lmmixup.rollout import RolloutConfig
+    from lmmixup.sampling.policy import Policy
 
     # by hand: members 1 and 2 answer Paris, member 3 Lyon -> Paris is the majority, quoted
     members = [("What is the capital of France?", "Paris"), ("capital of france?", "Paris"),
@@ -356,9 +360,9 @@ def test_a_retry_starts_from_the_rule_written_notes():
     model = load_model(ModelConfig(name_or_path="tiny"), tok).eval()
     cfg = GenerateConfig(max_new_tokens=12)
     prompt = cluster_prompt([{"instruction": q, "input": "", "output": a} for q, a in members], cfg)
-    stop = stop_token_ids(tok, model)
-    greedy, = distill_batch(model, tok, [prompt], cfg, stop, "cpu", attempt=0)
-    retry, = distill_batch(model, tok, [prompt], cfg, stop, "cpu", attempt=1)
+    policy = Policy.build(model, tok, "cpu", RolloutConfig())
+    greedy, = distill_batch(policy, [prompt], cfg, attempt=0)
+    retry, = distill_batch(policy, [prompt], cfg, attempt=1)
     assert retry.completion.startswith(head) and len(retry.completion) > len(head)
     assert not greedy.completion.startswith("<think>\nPair 1: no surface")
     assert retry.tokens <= retry.budget and retry.think_tokens > 20

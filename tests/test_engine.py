@@ -84,6 +84,15 @@ def test_registered_as_static_engine():
     assert get_engine("static") is static_generate
 
 
+def test_the_leaf_names_exactly_the_engines_rollout_binds():
+    # RolloutConfig (lmmixup/rollout_batch.py) validates against ENGINE_NAMES without importing
+    # the engines; lmmixup/rollout.py binds each name to its function
+    from lmmixup.rollout import ENGINES
+    from lmmixup.rollout_batch import ENGINE_NAMES
+
+    assert tuple(ENGINES) == ENGINE_NAMES
+
+
 @pytest.mark.parametrize("make", [_llama, _qwen2])
 def test_greedy_matches_hf_generate_with_uneven_left_padding(make):
     model = make()

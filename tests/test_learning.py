@@ -4,10 +4,10 @@ import torch
 
 from lmmixup.data.prompts import STARTER_PROMPTS, load_rows
 from lmmixup.grpo import AlgoConfig, group_advantages
-from lmmixup.models import stop_token_ids
 from lmmixup.optim import OptimConfig, build_optimizer, build_scheduler
 from lmmixup.rollout import RolloutConfig
-from lmmixup.step import UpdateConfig, grpo_update, reward_batch, sample
+from lmmixup.sampling.policy import Policy
+from lmmixup.step import UpdateConfig, grpo_update
 
 
 def space_fraction(text: str) -> float:
@@ -25,13 +25,12 @@ def test_tiny_model_learns_a_learnable_reward(tiny_model, tiny_tokenizer):
     opt_cfg = OptimConfig(lr=2e-2, weight_decay=0.0)
     optimizer = build_optimizer(tiny_model, opt_cfg)
     scheduler = build_scheduler(optimizer, opt_cfg, 100)
-    stop_ids = stop_token_ids(tiny_tokenizer, tiny_model)
+    policy = Policy.build(tiny_model, tiny_tokenizer, "cpu", rollout_cfg)
     start = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
     means = []
     for step in range(30):
         batch_rows = [rows[(step * B + i) % len(rows)] for i in range(B)]
-        rollout = sample(tiny_model, tiny_tokenizer, batch_rows, rollout_cfg, G, stop_ids, 1024, "", "cpu")
-        texts = reward_batch(tiny_tokenizer, rollout, batch_rows, G)
+        rollout, texts = policy.generate(batch_rows, G, max_prompt_tokens=1024)
         rewards = torch.tensor([space_fraction(c) for c in texts.completions])
         means.append(float(rewards.mean()))
         grpo_update(tiny_model, optimizer, scheduler, rollout, group_advantages(rewards, G),

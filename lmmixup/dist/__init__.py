@@ -6,7 +6,8 @@
                  (fully_shard, its full-weight replica for rollouts, DCP checkpoints)
     shard.py     which slice of the global prompt batch each rank takes, and the per-group
                  sampling seeds that make completions independent of the number of ranks
-    gather.py    a rank's ScoredBatch / per-row tensors -> the global ones (for metrics and dumps)
+    gather.py    a rank's per-row tensors -> the global ones (for metrics and dumps; the
+                 ScoredBatch itself: lmmixup/sampling/rounds.py gather_batch)
 
 Exactness is the point (see the module docstring of context.py): N ranks give the weights and
 the metrics of one process on the same global batch, up to floating-point reduction order.

@@ -48,7 +48,9 @@ class DistConfig:
     sampling_rng: str = "auto"
     """global (one stream seeded by (seed, step), N=1 only) | group (one generator per prompt
     group seeded by (seed, step, global group index): the same completions for any number of
-    ranks) | auto (global in one process, group under torchrun with several ranks)"""
+    ranks; static engine only) | auto (group wherever the engine supports it, so one config
+    gives one run on any number of ranks; global for the hf engine in one process; vLLM's own
+    generator for vllm)"""
 
     def validate(self) -> None:
         require(self.strategy in STRATEGIES, "dist.strategy",
@@ -80,8 +82,9 @@ class DistContext:
         return self.world_size > 1
 
     def fingerprint(self) -> Dict[str, Any]:
-        """Added to the resume fingerprint when it differs from one process's default (global
-        sampling, one rank), so older single-process checkpoints still resume."""
+        """Added to the resume fingerprint unless one process samples from the global stream
+        (what single-process checkpoints recorded before sampling_rng=auto meant group for the
+        static engine: they resume with dist.sampling_rng=global)."""
         if not self.distributed and self.sampling_rng == "global":
             return {}
         return {"world_size": self.world_size, "sampling_rng": self.sampling_rng}
@@ -231,7 +234,10 @@ def resolve_sampling_rng(cfg: DistConfig, world_size: int, engine: str) -> str:
     if choice == "auto" and engine == "vllm":
         return "engine"  # vLLM's own generator, seeded per rank (lmmixup/vllm_rollout/engine.py)
     if choice == "auto":
-        choice = "group" if world_size > 1 else "global"
+        # group whenever the engine takes per-group uniforms (static): a laptop run and a cluster
+        # run of one config then sample the same completions. The hf engine draws from one
+        # global stream: fine in one process, refused below under torchrun.
+        choice = "group" if engine == "static" or world_size > 1 else "global"
     if choice == "global" and world_size > 1:
         raise ConfigError("dist.sampling_rng: global draws the same random numbers on every "
                           "rank (correlated completions); use group or auto under torchrun")

@@ -1,4 +1,6 @@
 """Every rank's rows -> the global batch, in rank order (the order of the global prompt batch).
+(A rank's whole ScoredBatch is joined by lmmixup/sampling/rounds.py's `gather_batch`, with these
+collectives: this module knows tensors, not batches, so it imports nothing above lmmixup/dist.)
 
 The step's metrics (reward means and stds, lengths, the mismatch statistics), the attribution
 and reward-hacking signals and the rollout dumps are computed by the code that computes them in
@@ -28,16 +30,3 @@ def gather_padded_rows(x: torch.Tensor, dist: DistContext, value: float = 0.0) -
 
 def gather_optional_rows(x: Optional[torch.Tensor], dist: DistContext) -> Optional[torch.Tensor]:
     return None if x is None else gather_padded_rows(x, dist)
-
-
-def gather_batch(batch, dist: DistContext, pad_id: int):
-    """A rank's ScoredBatch (lmmixup/step.py) -> the global one (every rank gets it)."""
-    if not dist.distributed:
-        return batch
-    from lmmixup.step import join_scored
-
-    parts = dist.gather_objects(batch)
-    return join_scored(parts, [(p.sampled_total, p.sampled_components) for p in parts], pad_id,
-                       rounds=parts[0].rounds,  # every rank runs the same rounds
-                       dropped_groups=sum(p.dropped_groups for p in parts),
-                       positions=[x for p in parts for x in p.positions])

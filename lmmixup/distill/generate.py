@@ -3,9 +3,10 @@
 The product path is the evaluation path (issue 27). Each cluster is rendered with
 `lmmixup.data.layout.prompt_messages`, the function that builds MIXTURE's training and
 held-out prompts, in the layout of the task its members are (`lmmixup.distill.task`:
-qa | mcq | tfq | cs | para, or `distill.task` forced). Generation is `lmmixup.step.sample`
-with held-out evaluation's greedy settings (temperature 1, top_k 1: the argmax), one completion
-per cluster, on the configured rollout engine: the code training samples with.
+qa | mcq | tfq | cs | para, or `distill.task` forced). Generation is `Policy.sample`
+(lmmixup/sampling/policy.py) with held-out evaluation's greedy settings (temperature 1,
+top_k 1: the argmax), one completion per cluster, on the configured rollout engine: the code
+training samples with.
 `benchmarks/distill_parity.py` checks that the two paths score alike on MIXTURE's test split.
 
 Retries. Greedy decoding of a small model fails in ways another decode often does not: a loop
@@ -266,20 +267,17 @@ class Generation(NamedTuple):
     think_tokens: int  # tokens of the think block
 
 
-def distill_batch(model, tokenizer, prompts: Sequence[ClusterPrompt], cfg: GenerateConfig,
-                  stop_ids: Sequence[int], device, dtype=None, attempt: int = 0,
-                  seeds: Optional[Sequence[int]] = None) -> List[Generation]:
+def distill_batch(policy, prompts: Sequence[ClusterPrompt], cfg: GenerateConfig,
+                  attempt: int = 0, seeds: Optional[Sequence[int]] = None) -> List[Generation]:
     """B cluster prompts -> B generations in one rollout call (prompts that are too long skip
     it). Attempt 0: greedy, the model writes its notes. A retry (attempt >= 1) starts from the
     rule-written notes (rule_notes_prefill); attempt 1 is greedy, later ones sample with each
     prompt's own stream (seeds (B,), one per cluster), so no row depends on the batch it ran
-    in. Each row is held to its own budget of generated tokens. dtype: the sampler's precision
-    (None: fp32)."""
-    import torch
-
+    in. Each row is held to its own budget of generated tokens. policy: the distilling model
+    (lmmixup.sampling.policy.Policy: tokenizer, stop ids, device, sampling precision)."""
     from lmmixup.data.prompts import PromptRow
-    from lmmixup.step import sample
 
+    tokenizer = policy.tokenizer
     lengths = prompt_lengths(tokenizer, [p.messages for p in prompts])
     out = [Generation("", False, 0, n, 0, 0) for n in lengths]
     fits = [i for i, n in enumerate(lengths) if n <= cfg.max_prompt_tokens]
@@ -296,9 +294,9 @@ def distill_batch(model, tokenizer, prompts: Sequence[ClusterPrompt], cfg: Gener
     # whether a cluster fits is decided on its prompt alone, the same at every attempt; the
     # given notes ride on top of the limit
     max_prompt = cfg.max_prompt_tokens + max(token_lengths(tokenizer, list(prefills.values())))
-    rollout = sample(model, tokenizer, rows, rollout_cfg, 1, stop_ids, max_prompt,
-                     "clusters.jsonl", device, uniforms=uniforms,
-                     stop_sequences=stop_sequences(tokenizer), dtype=dtype or torch.float32)
+    rollout = policy.sample(rows, 1, max_prompt_tokens=max_prompt, source="clusters.jsonl",
+                            uniforms=uniforms, stop_sequences=stop_sequences(tokenizer),
+                            config=rollout_cfg)
     ids = rollout.completion_ids.masked_fill(rollout.completion_mask == 0, tokenizer.pad_token_id)
     for j, i in enumerate(fits):
         own = ids[j, : budgets[i]]  # (budget,) the row as its own budget would have cut it
@@ -334,9 +332,8 @@ def closeness(reason: str) -> int:
     return {"no_output": 3, "wrong_shape": 2, "empty": 1}.get(reason, 0)
 
 
-def distill_clusters(model, tokenizer, prompts: Sequence[ClusterPrompt], seeds: Sequence[int],
-                     cfg: GenerateConfig, stop_ids: Sequence[int], device,
-                     dtype=None) -> List[Distilled]:
+def distill_clusters(policy, prompts: Sequence[ClusterPrompt], seeds: Sequence[int],
+                     cfg: GenerateConfig) -> List[Distilled]:
     """B cluster prompts -> B distilled pairs: greedy first; a cluster whose pair fails is
     decoded again up to distill.retries times on the module docstring's schedule (a sampled
     retry with seeds (B,): each cluster's own, so its text does not depend on the other
@@ -344,7 +341,7 @@ def distill_clusters(model, tokenizer, prompts: Sequence[ClusterPrompt], seeds: 
     closest attempt (`closeness`; the earliest of equals) with that attempt's reason: a
     cluster whose greedy notes looped but whose retry wrote a pair the checks reject is
     reported by what the retry wrote, and `reasons` keeps every attempt's."""
-    gens = distill_batch(model, tokenizer, prompts, cfg, stop_ids, device, dtype)
+    gens = distill_batch(policy, prompts, cfg)
     out = []
     for g, p in zip(gens, prompts):
         parsed = parse_generation(g, p, cfg)
@@ -354,8 +351,7 @@ def distill_clusters(model, tokenizer, prompts: Sequence[ClusterPrompt], seeds: 
         if not again:
             break
         retry_seeds = [group_seed(seeds[i], attempt, 0) for i in again]
-        regen = distill_batch(model, tokenizer, [prompts[i] for i in again], cfg, stop_ids,
-                              device, dtype, attempt, retry_seeds)
+        regen = distill_batch(policy, [prompts[i] for i in again], cfg, attempt, retry_seeds)
         for i, gen in zip(again, regen):
             parsed = parse_generation(gen, prompts[i], cfg)
             reasons = out[i].reasons + (parsed.reason,)
