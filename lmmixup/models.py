@@ -188,7 +188,7 @@ _ROUND_TRIP = "Pair 2 keeps the most content.\n<answer>\nQ: Who?\nA: Ada"
 
 def _round_trips(tok) -> bool:
     ids = tok(_ROUND_TRIP, add_special_tokens=False)["input_ids"]
-    return tok.decode(ids, skip_special_tokens=True) == _ROUND_TRIP
+    return tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) == _ROUND_TRIP
 
 
 def load_tokenizer(cfg: ModelConfig):

@@ -34,7 +34,7 @@ def finished(tmp_path_factory):
                               "cluster.embedder=hash", "progress=false"]))
     args = [f"out={root / 'run'}", f"mixture={mixture}", "model=tiny", "sft_steps=2",
             "sft_examples_per_step=2", "grpo_steps=1", "grpo_prompts_per_step=2",
-            "max_new_tokens=8", "eval_rows=2", "logger=none"]
+            "max_new_tokens=8", "eval_rows=2", "logger=none", "eval_base=true"]  # every stage
     first = pipeline(*args)
     return root / "run", args, first
 
