@@ -75,8 +75,24 @@ MEMBERS = [("Betty has 5 apples and buys 3 more. How many apples does she have?"
      "Pair 2: Betty decided to buy more apples.", "Pair 1 keeps the most content.", "notes_in_answer"),
     ("Pair 1: misspells 'bety'.\nPair 2: has filler.", "Pair 1: misspells 'bety'.",
      "Pair 2: has filler.", "notes_in_answer"),
+    # findings without the "Pair i:" head, as the SFT model wrote them into sharegpt:2000
+    # answers (docs/LOG.md, 2026-12-06, fourth session): a comma list of two ...
+    ("The topic distribution in your tweets is very easy to understand.\n\nThe question is cut "
+     "off, has filler.", "The topic distribution in your tweets is very easy to understand.",
+     "The question is cut off, has filler.", "notes_in_answer"),
+    ("Create a dashboard in Azure Monitor.\n\nNo, the question is cut off, its question lacks "
+     "words pair 1 has.", "Create a dashboard in Azure Monitor.",
+     "No, the question is cut off, its question lacks words pair 1 has.", "notes_in_answer"),
+    # ... or one finding as a line of its own
+    ("The North Carolina Bill of Rights was not ratified until 1868.\n\nThe answer is all lower "
+     "case.", "The North Carolina Bill of Rights was not ratified until 1868.",
+     "The answer is all lower case.", "notes_in_answer"),
     # the template's shape hint copied as content
     ("<instruction>\n\nBetty has 8 apples.", "<instruction>", "Betty has 8 apples.", "template_echo"),
+    ("The merged pair is:\n\nthe instruction on its first line, an empty line, then the response "
+     "as free text", "The merged pair is:",
+     "the instruction on its first line, an empty line, then the response as free text",
+     "template_echo"),
     ("Write the merged pair in this shape:\nQ: <question>\nA: <answer>",
      "Write the merged pair in this shape:", "Q: <question>\nA: <answer>", "template_echo"),
     ("Pair 1:\nQ: How many apples?\nA: 8", "Pair 1:", "Q: How many apples?\nA: 8", "template_echo"),
@@ -106,6 +122,12 @@ def test_each_degenerate_reason_on_a_real_string(answer, instruction, output, re
      "one writes the code, the other reviews each line.", "What is pair programming?",
      "Pair programming is two developers working at one machine: one writes the code, the other "
      "reviews each line."),
+    # a finding's words inside prose are English, not notes: one finding, not on a line alone
+    ("Why did my lights go out?\n\nThe power is cut off when the breaker trips, so check the "
+     "panel first.", "Why did my lights go out?",
+     "The power is cut off when the breaker trips, so check the panel first."),
+    ("Is my quote complete?\n\nNo: the question is cut off after 'to be', so send the rest.",
+     "Is my quote complete?", "No: the question is cut off after 'to be', so send the rest."),
     # the answer is a small part of the question: still an answer
     ("Q: Which is larger, the Pacific Ocean or the Atlantic Ocean?\nA: The Pacific Ocean",
      "Which is larger, the Pacific Ocean or the Atlantic Ocean?", "The Pacific Ocean"),

@@ -7,10 +7,14 @@ These checks run on the parsed pair before any rating, first match wins:
 
     notes_in_answer          the answer block holds the think notes' own phrases
                              ("Pair 2 keeps the most content.", "Pair 1: misspells 'x'",
-                             "no surface defect found"; lmmixup/data/notes.py)
+                             "no surface defect found"; lmmixup/data/notes.py), or their
+                             findings without the "Pair i:" head: two or more in a comma list
+                             ("The question is cut off, has filler."), or one as a line of its
+                             own ("The answer is all lower case.")
     template_echo            the answer block copies the prompt's scaffolding: its instruction
                              ("Merge the following", "Write the merged pair in this shape"), a
                              shape placeholder ("<instruction>", "<question>", "<letter>", ...),
+                             the `para` shape's wording ("the instruction on its first line"),
                              or a member header line ("Pair 3:" alone on its line)
     answer_repeats_question  after case and punctuation are folded, the output is most of the
                              question (>= 60% of its words, >= 10 characters), or the question
@@ -44,11 +48,26 @@ _NOTES = re.compile(
     r"|has tripled punctuation|about a different question|its answer differs|its question lacks"
     r"|the (?:question|answer)(?: and answer)? (?:is|are) cut off)",
     re.MULTILINE | re.IGNORECASE)
+# One finding as the model writes it outside a member line, its subject optional ("the question
+# is cut off", "The answer is all lower case", "has filler"). A finding alone inside prose is
+# ordinary English ("the power is cut off"), so it counts only in a comma list of two or more,
+# or as a whole line: the shapes the SFT model wrote into 1 in 7 ShareGPT answers (docs/LOG.md,
+# 2026-12-06, fourth session).
+_SUBJECT = r"(?:(?:the|its) (?:question|answer|instructions?|pair)(?: and answer)? )?"
+_FINDING = (_SUBJECT + r"(?:(?:is|are) cut off|has filler|has odd casing|(?:is|are) in capitals"
+            r"|(?:is|are) all lower case|has tripled punctuation|is about a different question"
+            r"|differs from most pairs|lacks words pair \d+ has|misspells '[^'\n]*')")
+_FINDINGS = re.compile(
+    rf"\b{_FINDING}\s*,\s*(?:and\s+)?{_FINDING}"  # a list: "..., has filler"
+    rf"|^\W*(?:no,?\s+)?{_FINDING}\W*$",  # a line of one finding
+    re.MULTILINE | re.IGNORECASE)
 # the placeholders of today's shapes, and of the `para` shape that models trained before
 # 2026-12-06 saw ("<instruction>\n\n<a free-paragraph response>")
 _PLACEHOLDERS = sorted({p for shape in SHAPES.values() for p in re.findall(r"<[^<>\n]+>", shape)}
                        | {"<instruction>", "<a free-paragraph response>"})
 _SCAFFOLD = [INSTRUCTION.split("{k}")[0].strip(), "Write the merged pair in this shape"]
+# the para shape's wording up to its first comma, in any case ("The instruction on its first line")
+_PARA_SHAPE = SHAPES["para"].split(",")[0].lower()
 _HEADER = re.compile(r"^\s*Pair \d+:\s*$", re.MULTILINE)
 _WORD = re.compile(r"[a-z0-9']+")
 _SENTENCE = re.compile(r"[^.!?\n]+")
@@ -61,6 +80,7 @@ def _fold(text: str) -> str:
 
 def is_template_echo(answer: str) -> bool:
     return (any(p in answer for p in _PLACEHOLDERS) or any(s in answer for s in _SCAFFOLD)
+            or _PARA_SHAPE in answer.lower()
             or bool(_HEADER.search(answer)))
 
 
@@ -96,7 +116,7 @@ def degenerate_reason(answer: str, instruction: str, output: str,
     """The first reason (module docstring) the parsed pair is degenerate, or '' when none.
     answer: the whole <answer> block; instruction, output: the pair parsed from it;
     members: the cluster's (question, answer) as the prompt showed them."""
-    if _NOTES.search(answer):
+    if _NOTES.search(answer) or _FINDINGS.search(answer):
         return "notes_in_answer"
     if is_template_echo(answer):
         return "template_echo"
