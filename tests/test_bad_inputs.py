@@ -173,6 +173,10 @@ ROWS = [
     R("config-renamed-rollout-dtype", "rollout.dtype=bf16",
       "rollout.dtype: renamed to precision.rollout (auto, fp32 or bf16), e.g. "
       "precision.rollout=bf16"),
+    R("config-unknown-reward-combine", "reward.combine=product",
+      "reward.combine: unknown combination 'product'; known: sum, gate"),
+    R("config-gate-reward-not-weighted", "reward.combine=gate",
+      "reward.gate.reward: 'alignment' is not in reward.weights, so it is never computed"),
 ]
 # A reward registered by this file (`nan_probe`) scores 0.5 at step 1, then NaN.
 NONFINITE_ROWS = [

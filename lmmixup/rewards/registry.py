@@ -5,7 +5,9 @@ below, the one table of built-in rewards (importing a reward module registers no
 builder runs once at start-up (load an embedder, read a library); the returned function scores
 a whole rollout batch at a time, so expensive work (embedding) is batched.
 
-    total[n] = sum_i  w_i * r_i[n]                       (N,)
+    total[n] = sum_i  w_i * r_i[n]                       (N,)   reward.combine=sum (the paper)
+    total[n] = sum_i  w_i * r_i[n] * (g[n] if i gated else 1)    reward.combine=gate,
+               g[n] = 1[raw r_gate[n] >= threshold]               (GateConfig says why)
     with r_i optionally normalised within its group first: (r_i - mean_g) / (std_g + eps)
 The group normalisation (lmmixup.grpo.group_normalize) is the multi-reward imbalance fix: a
 reward with a large spread would otherwise drown the others in the group-relative advantage.
@@ -98,10 +100,22 @@ class RewardResult:
 def compute_rewards(
     fns: Dict[str, RewardFn], cfg: RewardConfig, batch: RewardBatch, group_size: int
 ) -> RewardResult:
-    """Score the batch with every reward and mix: total = sum_i w_i * r_i (optionally group-normed)."""
+    """Score the batch with every reward and mix them (module docstring: `mix_rewards`)."""
     components = {name: _score_one_reward(name, fn, batch) for name, fn in fns.items()}
-    total = torch.zeros(len(batch))  # (N,)
+    return RewardResult(total=mix_rewards(components, cfg, group_size), components=components)
+
+
+def mix_rewards(components: Dict[str, torch.Tensor], cfg: RewardConfig,
+                group_size: int) -> torch.Tensor:
+    """name -> raw r_i (N,) -> total (N,): the weighted sum, gated when cfg.combine == "gate"
+    (the gate reads the raw score, before any group normalisation)."""
+    n = len(next(iter(components.values())))
+    gate = torch.ones(n)  # (N,) combine=sum: every reward always counts
+    if cfg.combine == "gate":
+        gate = (components[cfg.gate.reward] >= cfg.gate.threshold).float()  # (N,)
+    total = torch.zeros(n)  # (N,)
     for name, raw in components.items():
         mixed = group_normalize(raw, group_size, cfg.group_norm_eps) if cfg.normalize_per_group else raw
-        total += cfg.weights[name] * mixed
-    return RewardResult(total=total, components=components)
+        paid = gate if cfg.combine == "gate" and name in cfg.gate.gated else 1.0
+        total += cfg.weights[name] * mixed * paid
+    return total
