@@ -13,7 +13,8 @@ from typing import Dict, List, Optional
 import torch
 
 from lmmixup.eval.stats import Interval, bootstrap_mean_ci, excludes_zero, paired_bootstrap_ci
-from lmmixup.headroom.measure import Noise, best_of_n, no_spread_fraction, take, variant_shift
+from lmmixup.headroom.measure import (best_of_n, no_spread_fraction, noise_ratio, take,
+                                      variant_shift)
 from lmmixup.headroom.variants import VARIANTS
 
 TOTAL = "R"  # the training reward, sum_i w_i * r_i
@@ -42,21 +43,26 @@ def compare(values: torch.Tensor, best: torch.Tensor, n_boot: int, seed: int) ->
 
 
 def summarize(scores: Dict[str, torch.Tensor], checks: Dict[str, torch.Tensor],
-              versions: torch.Tensor, noise: Noise, n_boot: int, seed: int) -> dict:
+              versions: torch.Tensor, n_boot: int, seed: int) -> dict:
     """scores: R and each reward, (P, n); checks: the independent checks, (P, n), NaN rows where
     a check does not apply; versions (P, V): R of each best answer and its variants."""
     best = best_of_n(scores[TOTAL])  # (P,)
+    noise = noise_ratio(versions, scores[TOTAL])
     rewards = {name: {**compare(values, best, n_boot, seed),
                       "no_spread": no_spread_fraction(values)}
                for name, values in scores.items()}
     shift = variant_shift(versions).tolist()  # (V - 1,)
+
+    def mean_ci(values: torch.Tensor) -> dict:  # (P,)
+        return _interval(bootstrap_mean_ci(values.tolist(), n_boot, seed=seed))
+
     return {
         "rewards": rewards,
         "checks": {name: compare(values, best, n_boot, seed) for name, values in checks.items()},
         "noise": {
             "variants": list(VARIANTS),
-            "version_std": _interval(bootstrap_mean_ci(noise.version_std.tolist(), n_boot, seed=seed)),
-            "group_std": _interval(bootstrap_mean_ci(noise.group_std.tolist(), n_boot, seed=seed)),
+            "version_std": mean_ci(noise.version_std),
+            "group_std": mean_ci(noise.group_std),
             "ratio": None if math.isinf(noise.ratio) else noise.ratio,
             "groups_above_noise": noise.above_noise,
             "shift_by_variant": dict(zip(VARIANTS, shift)),
@@ -97,7 +103,8 @@ def markdown(summary: dict, header: str) -> str:
     ratio = "-" if noise["ratio"] is None else f"{noise['ratio']:.2f}"
     shifts = ", ".join(f"{k} {v:.3f}" for k, v in noise["shift_by_variant"].items())
     lines += ["", "| scorer noise | value |", "|---|---|",
-              f"| std of R over trivial variants of the best answer | {_cell(noise['version_std'])} |",
+              f"| std of R over trivial variants of the best answer "
+              f"| {_cell(noise['version_std'])} |",
               f"| std of R within a group | {_cell(noise['group_std'])} |",
               f"| ratio (variants / group) | {ratio} |",
               f"| groups whose std exceeds their best answer's variant std | "

@@ -37,7 +37,7 @@ from lmmixup.data.prompts import PromptRow, check_prompt_lengths, load_rows
 from lmmixup.device import resolve_device
 from lmmixup.errors import require
 from lmmixup.headroom.checks import alignment_cos, keeps_answer
-from lmmixup.headroom.measure import best_of_n, noise_ratio
+from lmmixup.headroom.measure import best_of_n
 from lmmixup.headroom.report import TOTAL, markdown, summarize
 from lmmixup.headroom.variants import versions
 from lmmixup.models import load_model, load_tokenizer
@@ -136,6 +136,9 @@ def default_out() -> Path:
 
 def run(cfg: TrainConfig, hcfg: HeadroomConfig) -> Path:
     rows = load_rows(cfg.data.eval_file)[: hcfg.rows]  # a bad file fails before the model loads
+    if len(rows) < hcfg.rows:
+        print(f"{cfg.data.eval_file} has {len(rows)} rows: rows={hcfg.rows} measures all of them",
+              file=sys.stderr)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # the tiny random model's weights and the samples
     tokenizer = load_tokenizer(cfg.model)
@@ -165,7 +168,6 @@ def run(cfg: TrainConfig, hcfg: HeadroomConfig) -> Path:
 
     vbatch, V = variant_batch(texts, chosen)
     versions_R = compute_rewards(reward_fns, reward_cfg, vbatch, V).total.view(P, V)  # (P, V)
-    noise = noise_ratio(versions_R, scores[TOTAL])
 
     def embed(batch_texts):  # the alignment reward's embedder, loaded only if an answer exists
         return get_embedder(cfg.reward.embedder).encode(batch_texts)
@@ -174,7 +176,7 @@ def run(cfg: TrainConfig, hcfg: HeadroomConfig) -> Path:
     keeps = [keeps_answer(c, r, t) for c, r, t in
              zip(texts.completions, texts.references, texts.tasks)]  # (N,)
     checks = {"alignment_cos": as_table(cos, n), "keeps_answer": as_table(keeps, n)}
-    summary = summarize(scores, checks, versions_R, noise, hcfg.n_boot, cfg.seed)
+    summary = summarize(scores, checks, versions_R, hcfg.n_boot, cfg.seed)
 
     weights = " + ".join(f"{w}*{name}" for name, w in reward_cfg.weights.items())
     r = cfg.rollout
