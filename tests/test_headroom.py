@@ -172,11 +172,13 @@ def test_headroom_on_the_tiny_model(tmp_path, capsys):
 @pytest.mark.parametrize("args,error", [
     (["n=1"], "n: must be >= 2 (a best of n and a group's spread need two samples), got 1"),
     (["rows=0"], "rows: must be >= 1, got 0"),
+    (["n=abc"], "n: Value 'abc' of type 'str' could not be converted to Integer"),
     (["data.eval_file=<tmp>/missing.jsonl"], "<tmp>/missing.jsonl: no such file"),
     (["data.eval_file="], "data.eval_file: name the held-out prompt rows to sample (a JSONL "
                           "file), e.g. data=mixture"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, error):
+    # the rows of docs/BAD_INPUTS.md's `python -m lmmixup.headroom` table
     out = tmp_path / "out"
     args = [a.replace("<tmp>", str(tmp_path)) for a in args]
     with pytest.raises(SystemExit) as exit_info:
