@@ -11,6 +11,8 @@ path on MIXTURE's held-out test clusters, and a distill run scored against known
     # 3. score any distill run folder on that pool (today's code or an older one)
     python -m benchmarks.distill_parity score --mixture data/mixture --pool runs/test_pool.jsonl \\
         --run runs/dpool [--json]
+    # 4. a free-text pool with no seeds (sharegpt:N): shape, truncation, echo, kept
+    python -m benchmarks.distill_parity freetext --run runs/sg2000
 
 parity. The first --rows rows of grpo_test.jsonl are scored twice with the same model, greedy:
   * evaluation path: `train.py stage=eval` with the pipeline's reward settings (reward=paper,
@@ -172,6 +174,49 @@ def score_run(run: Path, pool_file: Path, mixture: Path) -> Dict:
     }
 
 
+def score_freetext(run: Path) -> Dict:
+    """A distill run on a pool with no known seeds (ShareGPT): per cluster, the attempt the run
+    kept. in_shape: the task's shape with both fields, degenerate or not; accepted: the run's
+    own `ok`; echo: today's degenerate checks (lmmixup.distill.degenerate) on the answer block,
+    whatever code wrote the run, so an older run is counted by today's rules."""
+    from lmmixup.data.jsonl import iter_jsonl
+    from lmmixup.distill.degenerate import DEGENERATE_REASONS, degenerate_reason
+    from lmmixup.rewards.answer import extract_answer
+
+    rerated = {r["cluster_id"]: r for _, r in iter_jsonl(run / "rerated.jsonl")} \
+        if (run / "rerated.jsonl").is_file() else {}
+    # a run stopped during generation: its finished shards (the shortest prompts come first)
+    partial = not (run / "generated.jsonl").is_file()
+    files = sorted((run / ".work" / "generate").glob("shard_*.jsonl")) if partial \
+        else [run / "generated.jsonl"]
+    items = []
+    for _, g in (row for f in files for row in iter_jsonl(f)):
+        answer = extract_answer(g["completion"]) or ""
+        reason = degenerate_reason(answer, g.get("instruction") or "", g.get("output") or "", [])
+        items.append({"ok": bool(g["ok"]), "truncated": g["reason"] == "truncated",
+                      "in_shape": bool(g["ok"]) or g["reason"] in DEGENERATE_REASONS,
+                      "echo": reason in ("template_echo", "notes_in_answer"),
+                      "kept": bool(rerated.get(g["cluster_id"], {}).get("kept", False)),
+                      "reason": g["reason"] or "", "attempts": g.get("attempts", 1)})
+    shaped = [i for i in items if i["in_shape"]]
+    accepted = [i for i in items if i["ok"]]
+    kept = [i for i in items if i["kept"]]
+    return {
+        "run": str(run), "partial": partial, "clusters": len(items),
+        "truncated_rate": mean_ci([float(i["truncated"]) for i in items]),
+        "truncated_n": sum(i["truncated"] for i in items),
+        "in_shape_rate": mean_ci([float(i["in_shape"]) for i in items]), "in_shape_n": len(shaped),
+        "accepted_rate": mean_ci([float(i["ok"]) for i in items]), "accepted_n": len(accepted),
+        "echo_of_in_shape": mean_ci([float(i["echo"]) for i in shaped]),
+        "echo_in_shape_n": sum(i["echo"] for i in shaped),
+        "echo_of_accepted": mean_ci([float(i["echo"]) for i in accepted]),
+        "echo_accepted_n": sum(i["echo"] for i in accepted),
+        "kept": len(kept), "echo_kept_n": sum(i["echo"] for i in kept),
+        "failures": dict(Counter(i["reason"] for i in items if not i["ok"]).most_common()),
+        "all_attempts_used": sum(i["attempts"] == max(j["attempts"] for j in items) for i in items),
+    }
+
+
 def gate_table(parsed: List[Dict]) -> List[Dict]:
     """Precision and recall of the keep gate against `fully_repaired`, over the parsed pairs:
     kept = score >= keep and (score - best member > min_gain) and (no surface defect, when
@@ -293,7 +338,13 @@ def main(argv=None) -> int:
     c.add_argument("--mixture", required=True)
     c.add_argument("--pool", required=True)
     c.add_argument("--run", required=True, action="append")
+    d = sub.add_parser("freetext")
+    d.add_argument("--run", required=True, action="append")
     args = p.parse_args(argv)
+    if args.cmd == "freetext":
+        for run in args.run:
+            print(json.dumps(score_freetext(Path(run)), indent=1))
+        return 0
     if args.cmd == "pool":
         rows = flatten(test_rows(Path(args.mixture), None), per_row_source=False)
         write_jsonl(Path(args.pool), rows)

@@ -50,3 +50,32 @@ def test_distill_renders_the_evaluation_prompt_and_decodes_the_same_tokens(mixtu
         cell = result["rewards"][name]
         assert set(cell) == {"eval", "product", "product_minus_eval"}
     json.dumps(result)  # the benchmark's output is plain JSON
+
+
+def test_freetext_counts_each_cluster_by_todays_checks(tmp_path):
+    """Four hand-made clusters of a seedless pool: one clean, one whose accepted answer carries
+    a notes finding (an older run's checks let it through; today's count it), one notes
+    failure, one truncated. in shape: 3 of 4; accepted: 2; echo among in shape: 2 of 3;
+    among accepted: 1 of 2; kept: the clean one."""
+    from benchmarks.distill_parity import score_freetext
+
+    def row(cid, answer, ok, reason, instruction="", output=""):
+        return {"cluster_id": cid, "completion": f"<think>\nx\n</think>\n\n<answer>\n{answer}\n</answer>",
+                "ok": ok, "reason": reason, "instruction": instruction, "output": output,
+                "attempts": 2}
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [row("c0", "Why is the sky blue?\n\nSunlight scatters off air.", True, "",
+                "Why is the sky blue?", "Sunlight scatters off air."),
+            row("c1", "Name a color.\n\nBlue.\n\nThe question is cut off, has filler.", True, "",
+                "Name a color.", "Blue.\n\nThe question is cut off, has filler."),
+            row("c2", "Pair 1 keeps the most content.", False, "notes_in_answer"),
+            row("c3", "Why", False, "truncated")]
+    (run / "generated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "rerated.jsonl").write_text(json.dumps({"cluster_id": "c0", "kept": True}) + "\n")
+    res = score_freetext(run)
+    assert (res["clusters"], res["in_shape_n"], res["accepted_n"]) == (4, 3, 2)
+    assert (res["echo_in_shape_n"], res["echo_accepted_n"]) == (2, 1)
+    assert (res["truncated_n"], res["kept"], res["echo_kept_n"]) == (1, 1, 0)
+    assert res["failures"] == {"notes_in_answer": 1, "truncated": 1} and not res["partial"]
