@@ -42,6 +42,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Sequence
 
 import hydra
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lmmixup.cli import precheck_overrides, report_errors
@@ -63,6 +64,10 @@ from lmmixup.dist.context import LOCAL, DistContext, close_distributed, join_tor
 from lmmixup.dist.shard import group_seed
 from lmmixup.device import resolve_device
 from lmmixup.errors import LmmixupError
+from lmmixup.models import EMBEDDED_PREFIX, load_model, load_tokenizer, resolve_path
+from lmmixup.precision import resolve_precision
+from lmmixup.rollout_batch import RolloutConfig
+from lmmixup.sampling.policy import Policy
 
 register_distill_configs()
 
@@ -84,13 +89,6 @@ class Parts:
 
     @cached_property
     def distiller(self):
-        import torch
-
-        from lmmixup.models import load_model, load_tokenizer
-        from lmmixup.precision import resolve_precision
-        from lmmixup.rollout_batch import RolloutConfig
-        from lmmixup.sampling.policy import Policy
-
         cfg = self.cfg
         device = resolve_device(cfg.device)
         if device.type == "cuda" and self.dist.distributed:
@@ -134,8 +132,6 @@ def rate_sharded(parts: Parts, folder: Path, rows: Iterable[Dict], total: int,
     """Embed and rate rows in fixed shards: each shard_NNNNN.jsonl holds the rows with "score"
     and "rater" added (None for rows where rated(row) is False), emb_NNNNN.npy the embeddings
     of the rated rows, in order."""
-    import torch
-
     cfg = parts.cfg.rate
 
     def work(j: int, batch: List[Dict]) -> List[Dict]:
@@ -449,8 +445,6 @@ def keep_verdict(row: Dict, best_member: float, cfg: GenerateConfig) -> str:
 
 def check_model(cfg: DistillConfig) -> None:
     """A model folder that does not exist fails now, not after rating the pool."""
-    from lmmixup.models import EMBEDDED_PREFIX, resolve_path
-
     name = cfg.model.name_or_path
     if name != "tiny" and not name.startswith(EMBEDDED_PREFIX):
         resolve_path(name)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, List
 
-from lmmixup.errors import LmmixupError
+from lmmixup.errors import ConfigError, LmmixupError
 
 
 RENAMED_KEYS = {"rollout.dtype": "precision.rollout"}
@@ -73,6 +73,8 @@ def precheck_overrides(argv: List[str], config_dir: Path, config_name: str,
     if full_errors() or any(a in ("-m", "--multirun") or a.startswith("--") for a in argv):
         return
     overrides = [a for a in argv if not a.startswith(("hydra.", "-"))]
+    # lazy: hydra (~0.2 s) loads only to compose a config; `python -m lmmixup.inspect` imports
+    # this module for report_errors alone
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -110,10 +112,9 @@ def parse_key_values(schema, argv: List[str]):
     """`key=value` arguments (dotted for nested keys) onto a config dataclass, validated.
 
     Unknown keys and wrong types become one-line ConfigErrors naming the key."""
+    # lazy: omegaconf (~0.1 s), as precheck_overrides's hydra
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
-
-    from lmmixup.errors import ConfigError
 
     for arg in argv:
         if "=" not in arg:

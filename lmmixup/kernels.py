@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from lmmixup import onednn
+from lmmixup import kernel_choice, onednn
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
@@ -80,9 +80,7 @@ def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if not (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.dim() == 2
             and not torch.is_autocast_enabled("cpu") and onednn.usable()):
         return False
-    from lmmixup.kernel_choice import current_choice
-
-    return current_choice().training_gemm == "onednn"
+    return kernel_choice.current_choice().training_gemm == "onednn"
 
 
 def forward_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:

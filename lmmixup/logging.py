@@ -79,7 +79,7 @@ class _Wandb:
     """A W&B run whose id is kept in the run folder, so a resumed job continues the same run."""
 
     def __init__(self, cfg: LoggerConfig, run_dir: Path, config: Dict[str, Any]):
-        import wandb
+        import wandb  # lazy: loads when a run logs, never for a refused config or backend=none
 
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -107,7 +107,7 @@ class _Wandb:
         self.run.log(metrics, step=step)
 
     def table(self, key: str, columns: List[str], rows: List[List[Any]], step: int) -> None:
-        import wandb
+        import wandb  # lazy: as __init__'s
 
         self.run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
 

@@ -153,6 +153,8 @@ def shares_prompts(model) -> bool:
     """Whether `_shared_prompt_hidden` reproduces this model's forward exactly (the check of
     lmmixup.kernels, shared with the rollout engine). Not under FSDP2: its hooks run on each
     layer's forward(), which the shared-prompt path does not call (lmmixup/dist/strategy.py)."""
+    # lazy: torch.distributed.fsdp (~0.7 s) loads at the first log-prob, not when train.py
+    # imports lmmixup.step (a refused config never pays it)
     from torch.distributed.fsdp import FSDPModule
 
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None

@@ -49,6 +49,7 @@ class LoraConfig:
 
 def apply_lora(model, cfg: LoraConfig):
     """The model wrapped in a peft LoRA adapter; only the adapter requires gradients."""
+    # lazy: peft imports transformers (~4 s); only a LoRA run needs it
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -62,7 +63,7 @@ def apply_lora(model, cfg: LoraConfig):
 
 
 def is_lora(model) -> bool:
-    from peft import PeftModel
+    from peft import PeftModel  # lazy: as apply_lora's
 
     return isinstance(model, PeftModel)
 

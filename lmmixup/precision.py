@@ -41,6 +41,7 @@ from typing import ContextManager, Dict
 
 import torch
 
+from lmmixup import kernel_choice
 from lmmixup.errors import require
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -82,9 +83,7 @@ def resolve_precision(choice: str, device: torch.device, use: str = "train") -> 
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     if device.type != "cpu":
         return torch.float32  # no measurement for other devices: the safe choice
-    from lmmixup.kernel_choice import current_choice  # probes once per machine, then cached
-
-    choice_cpu = current_choice()
+    choice_cpu = kernel_choice.current_choice()  # probes once per machine, then cached
     return DTYPES[choice_cpu.train_precision if use == "train" else choice_cpu.rollout_precision]
 
 
@@ -146,7 +145,6 @@ def describe(cfg: PrecisionConfig, run: RunPrecision, device: torch.device) -> s
             f"{NAMES[run.rollout]} (precision.rollout={cfg.rollout}), algo.rollout_is "
             f"{run.rollout_is}")
     if "auto" in (cfg.train, cfg.rollout) and torch.device(device).type == "cpu":
-        from lmmixup.kernel_choice import current_choice, describe_precision
-
-        line += f"; {current_choice().cpu_model}: {describe_precision(current_choice())}"
+        choice_cpu = kernel_choice.current_choice()
+        line += f"; {choice_cpu.cpu_model}: {kernel_choice.describe_precision(choice_cpu)}"
     return line

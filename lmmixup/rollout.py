@@ -28,6 +28,8 @@ from lmmixup.engine import static_generate
 from lmmixup.rollout_batch import (  # noqa: F401  (re-exported: the rollout types live there)
     ENGINE_NAMES, Rollout, RolloutConfig, completion_mask_from_stops, concat_rollouts,
     repeat_for_group, select_rows)
+# EXPERIMENTAL, not run here; vLLM itself stays optional: the engine imports it on first use
+from lmmixup.vllm_rollout.engine import vllm_generate
 
 
 @torch.no_grad()
@@ -39,6 +41,7 @@ def hf_generate(model, prompt_ids, prompt_mask, cfg: RolloutConfig, group_size: 
     """
     ids = repeat_for_group(prompt_ids, group_size)  # (N, P)
     mask = repeat_for_group(prompt_mask, group_size)  # (N, P)
+    # lazy: transformers (1-4 s) loads with the first model, not when the config is checked
     from transformers import GenerationConfig
 
     # An explicit config, and none of the model's: a checkpoint's generation_config.json
@@ -66,13 +69,6 @@ def hf_generate(model, prompt_ids, prompt_mask, cfg: RolloutConfig, group_size: 
     completion_mask, truncated = completion_mask_from_stops(completion, stop_ids)
     completion = completion.masked_fill(completion_mask == 0, pad_id)
     return Rollout(ids, mask, completion, completion_mask, truncated, rollout_logp=None)
-
-
-def vllm_generate(*args, **kwargs) -> Rollout:
-    """EXPERIMENTAL, not run here (lmmixup/vllm_rollout): imported on first use, vLLM optional."""
-    from lmmixup.vllm_rollout.engine import vllm_generate as generate
-
-    return generate(*args, **kwargs)
 
 
 EngineFn = Callable[..., Rollout]

@@ -9,17 +9,24 @@ packages (already running when it does). Then:
   * the GRPO update (lmmixup/step.py) is imported, directly or through other modules, by
     nothing below it: the sampling layer, the math, distill, evaluation, the inspect tools;
   * the math imports nothing of the rewards (a shared normalisation belongs with the math).
+And every import inside a function (lmmixup/, train.py, distill.py) says why it is there, in a
+comment on its line or on a comment line just above (one such comment covers the imports that
+follow it line by line): an optional dependency, the start-up it saves, or the circle it avoids.
+Any other import belongs at the top of its module.
 """
 
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
 from pathlib import Path
-from typing import Dict, Iterable, List, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, Set, Tuple
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lmmixup"
+ROOT = PACKAGE.parent
 
 STEP = "lmmixup.step"
 SAMPLING = ("lmmixup.sampling", "lmmixup.rollout", "lmmixup.rollout_batch", "lmmixup.engine",
@@ -183,3 +190,112 @@ def test_no_stale_exceptions():
     g = import_graph(PACKAGE)
     stale = {(m, t) for m, t in KNOWN if t not in g.get(m, set())}
     assert stale == set(), "fixed on another branch: delete these KNOWN lines"
+
+
+# Function-local imports without their reason yet, in files other branches are editing:
+# (file, function, imported module), each checked to still exist (test_no_stale_unexplained).
+UNEXPLAINED: Set[Tuple[str, str, str]] = {
+    # owned by the train23 branch, which comments its own imports
+    ("lmmixup/checkpoint.py", "load_checkpoint", "safetensors.torch"),
+    ("lmmixup/checkpoint.py", "save_checkpoint", "safetensors.torch"),
+    ("lmmixup/evaluate.py", "score_baselines", "lmmixup.rewards.embedder"),
+    ("train.py", "run", "tqdm"),
+    ("train.py", "run_sft", "lmmixup.sft"),
+    ("train.py", "run_sft", "tqdm"),
+    ("train.py", "save_final_model", "shutil"),
+    ("train.py", "save_final_model", "tempfile"),
+    # owned by the lead (distill.py's generation)
+    ("lmmixup/distill/generate.py", "distill_batch", "lmmixup.data.prompts"),
+    ("lmmixup/distill/generate.py", "prompt_lengths", "lmmixup.data.prompts"),
+}
+
+
+def comment_lines(source: str) -> Tuple[Set[int], Set[int]]:
+    """(lines holding a comment, lines that are nothing but a comment), 1-based."""
+    anywhere, alone = set(), set()
+    lines = source.splitlines()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            anywhere.add(tok.start[0])
+            if lines[tok.start[0] - 1].lstrip().startswith("#"):
+                alone.add(tok.start[0])
+    return anywhere, alone
+
+
+def local_imports(tree: ast.AST) -> Iterator[Tuple[str, ast.stmt]]:
+    """(innermost function's name, import statement) for every import inside a function."""
+    def visit(node: ast.AST, function: str):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield from visit(child, child.name)
+            elif isinstance(child, (ast.Import, ast.ImportFrom)) and function:
+                yield function, child
+            else:
+                yield from visit(child, function)
+    yield from visit(tree, "")
+
+
+def unexplained_imports(path: Path, rel: str) -> Set[Tuple[str, str, str]]:
+    """(rel, function, module) of each local import in path with no comment giving its reason."""
+    source = path.read_text()
+    anywhere, alone = comment_lines(source)
+    explained_ends: Set[int] = set()  # last lines of explained imports: a block continues them
+    out = set()
+    for function, node in sorted(local_imports(ast.parse(source, str(path))),
+                                 key=lambda fn: fn[1].lineno):
+        own = set(range(node.lineno, node.end_lineno + 1))
+        above = node.lineno - 1
+        if own & anywhere or above in alone or above in explained_ends:
+            explained_ends.add(node.end_lineno)
+            continue
+        module = (node.module or "") if isinstance(node, ast.ImportFrom) else node.names[0].name
+        out.add((rel, function, "." * getattr(node, "level", 0) + module))
+    return out
+
+
+def checked_files() -> List[Path]:
+    return sorted(PACKAGE.rglob("*.py")) + [ROOT / "train.py", ROOT / "distill.py"]
+
+
+def all_unexplained() -> Set[Tuple[str, str, str]]:
+    return set().union(*(unexplained_imports(p, p.relative_to(ROOT).as_posix())
+                         for p in checked_files()))
+
+
+def test_the_reason_finder_reads_comments_not_strings(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text(
+        "def a():\n"
+        "    import json  # a reason\n"
+        "def b():\n"
+        "    # a reason for the block\n"
+        "    import os\n"
+        "    from typing import (List,\n"
+        "                        Dict)\n"
+        "    import re\n"
+        "\n"
+        "    import sys\n"  # a blank line ends the block
+        "def c():\n"
+        "    x = '# not a comment'\n"
+        "    import csv\n"
+        "    y = 1  # a comment on code\n"
+        "    import glob\n"
+        "class D:\n"
+        "    def e(self):\n"
+        "        def f():\n"
+        "            import math\n"
+        "        return f\n"
+        "import shutil\n")  # the module top needs no reason
+    assert unexplained_imports(path, "m.py") == {("m.py", "b", "sys"), ("m.py", "c", "csv"),
+                                                ("m.py", "c", "glob"), ("m.py", "f", "math")}
+
+
+def test_every_local_import_says_why():
+    """A function-local import keeps start-up fast, keeps an optional dependency optional or
+    avoids a circle, and says which; anything else belongs at the top of the module."""
+    assert all_unexplained() - UNEXPLAINED == set()
+
+
+def test_no_stale_unexplained():
+    stale = UNEXPLAINED - all_unexplained()
+    assert stale == set(), "explained or moved now: delete these UNEXPLAINED lines"

@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence
 from lmmixup.data.content import Pair, unrecoverable_content
 from lmmixup.data.jsonl import iter_jsonl
 from lmmixup.data.notes import DETECTORS, findings, parse_note_lines
+from lmmixup.models import ModelConfig, load_tokenizer
 
 # The operator-record phrases of the first notes -> the detector that could confirm each.
 OLD_PHRASES: Dict[str, Optional[str]] = {
@@ -121,8 +122,6 @@ def load_seeds(path: Path) -> Dict[str, Pair]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from lmmixup.models import ModelConfig, load_tokenizer
-
     args = list(sys.argv[1:] if argv is None else argv)
     if not 1 <= len(args) <= 2:
         print("usage: python -m lmmixup.data.audit DIR [SEEDS_JSONL]", file=sys.stderr)

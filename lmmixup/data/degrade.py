@@ -41,8 +41,11 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import torch
+
 from lmmixup.data.schema import Seed, render_pair, split_mcq
 from lmmixup.errors import require
+from lmmixup.models import ModelConfig, load_model, load_tokenizer, stop_token_ids
 
 Pair = Tuple[str, str]
 Paraphraser = Callable[[str], str]
@@ -419,10 +422,6 @@ class TeacherParaphraser:
               "Reply with the rewritten question only.\n\n{text}")
 
     def __init__(self, name_or_path: str, max_new_tokens: int = 64):
-        import torch
-
-        from lmmixup.models import ModelConfig, load_model, load_tokenizer, stop_token_ids
-
         cfg = ModelConfig(name_or_path=name_or_path)
         self.torch = torch
         self.tokenizer = load_tokenizer(cfg)

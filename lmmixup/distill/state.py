@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from lmmixup.data.jsonl import atomic_write_text, sha256_file
+from tqdm import tqdm
+
+from lmmixup.data.jsonl import atomic_write_jsonl, atomic_write_text, sha256_file
 from lmmixup.errors import LmmixupError
 
 STAGES = ("normalize", "rate", "split", "cluster", "generate", "rerate", "longtail", "mix",
@@ -136,8 +139,6 @@ class RunState:
 
     def invalidate_from(self, stage: str) -> None:
         """Forget `stage` and every later one (their inputs are about to change)."""
-        import shutil
-
         later = STAGES[STAGES.index(stage):]
         self.records = {s: r for s, r in self.records.items() if s not in later}
         for name in later:  # their shards and done-lists were made with the old values too
@@ -189,8 +190,6 @@ def reuse_stages(source: Path, out: Path, config: Dict[str, Any]) -> List[str]:
     """Copy into the new folder `out` the complete stages of the run in `source` that come
     before its first changed stage (module docstring); returns their names. Each file is
     checked against source's recorded hash; out gets config.json and state.json."""
-    import shutil
-
     if not (source / "config.json").is_file():
         raise LmmixupError(f"reuse: {source} holds no distill run (no config.json)")
     old = json.loads((source / "config.json").read_text(encoding="utf-8"))
@@ -257,10 +256,6 @@ def run_sharded(folder: Path, batches: Iterable[list], total: int, work, desc: s
     bytes). Only one batch is held in memory at a time when `batches` is a generator.
     Under torchrun rank r works the shards j with j % world_size == r (the caller waits for
     every rank before reading them); a shard's bytes do not depend on which rank wrote it."""
-    from tqdm import tqdm
-
-    from lmmixup.data.jsonl import atomic_write_jsonl
-
     done = DoneList(folder)
     finished = done.read()
     paths = []

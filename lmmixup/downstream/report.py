@@ -229,7 +229,7 @@ def scores_png(rows: List[Row], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up: as above, after the backend is chosen
 
     sets = list(dict.fromkeys(r.set for r in rows))
     benches = list(dict.fromkeys(r.benchmark for r in rows))

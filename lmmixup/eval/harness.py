@@ -152,7 +152,7 @@ def check_benchmarks(names: List[str]) -> None:
 def ifeval_prompts_needing_missing_data() -> frozenset:
     """Keys of IFEval prompts lm-eval's checker cannot score here: sentence-count instructions
     need NLTK's punkt model, which NLTK fetches from the web. Empty when punkt is installed."""
-    import nltk
+    import nltk  # lazy: nltk loads only to score IFEval, not with the config check
 
     try:
         nltk.data.find("tokenizers/punkt/english.pickle")
@@ -170,6 +170,8 @@ def ifeval_prompts_needing_missing_data() -> frozenset:
 
 
 def task_manager():
+    # lazy: lm_eval imports torch, transformers and datasets; downstream's config check
+    # and its report import this module without running a benchmark
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
@@ -195,7 +197,7 @@ class BenchmarkScores:
 
 def run_lm_eval(lm, name: str, cfg: EvalConfig, task_manager_=None) -> BenchmarkScores:
     """Score an lm-eval LM (HFLM, or any lm_eval.api.model.LM) on one benchmark."""
-    import lm_eval
+    import lm_eval  # lazy: as task_manager's
 
     bench = BENCHMARKS[name]
     benchmark_path(name)
@@ -213,7 +215,7 @@ def run_lm_eval(lm, name: str, cfg: EvalConfig, task_manager_=None) -> Benchmark
 
 def evaluate_benchmark(model, tokenizer, name: str, cfg: EvalConfig) -> BenchmarkScores:
     """A transformers causal LM on one benchmark, through lm-eval's HFLM, in process."""
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.huggingface import HFLM  # lazy: as task_manager's
 
     # The tokenizer is passed explicitly: otherwise HFLM looks name_or_path up on the hub.
     tokenizer.padding_side = "left"

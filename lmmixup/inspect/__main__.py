@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from rich.console import Console
+
 from lmmixup.cli import report_errors
 from lmmixup.errors import LmmixupError
 
@@ -42,11 +44,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    from rich.console import Console
-
     args = parse_args(argv)
     console = Console(width=max(Console().width, 120))
     if args.sweep is not None:
+        # lazy: the readers load torch (~2 s), so --help and a missing RUN_DIR answer at once
         from lmmixup.inspect import sweep
 
         cells = sweep.load_sweep(args.sweep)
@@ -59,6 +60,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             return
     if args.run_dir is None:
         raise LmmixupError("name a RUN_DIR (or --sweep MULTIRUN_DIR)")
+    # lazy: as sweep's above
     from lmmixup.inspect import terminal
     from lmmixup.inspect.load import load_run
 
@@ -73,13 +75,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     out = args.out or run.path / "inspect"
     pngs = {}
     if args.plot:
-        from lmmixup.inspect.plots import write_plots
+        from lmmixup.inspect.plots import write_plots  # lazy: matplotlib, only --plot
 
         for path in write_plots([run, *compared], out):
             console.print(f"wrote {path}")
             pngs[path.stem[len("inspect_"):]] = path.read_bytes()
     if args.html:
-        from lmmixup.inspect.html import write_html
+        from lmmixup.inspect.html import write_html  # lazy: matplotlib, only --html
 
         console.print(f"wrote {write_html(run, out / 'report.html', compare=compared, pngs=pngs)}")
 

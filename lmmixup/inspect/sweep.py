@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from rich.table import Table
 
 from lmmixup.data.jsonl import atomic_write_text
 from lmmixup.errors import LmmixupError
@@ -48,8 +50,6 @@ def _swept_from_hydra(sweep_dir: Path) -> Optional[List[Dict[str, str]]]:
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return None
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     hydra_cfg = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
     params = hydra_cfg.get("sweeper", {}).get("params") or {}
     task = hydra_cfg.get("overrides", {}).get("task") or []
@@ -146,8 +146,6 @@ def metric_names(cells: Sequence[Cell]) -> List[str]:
 
 
 def sweep_table(cells: Sequence[Cell]):
-    from rich.table import Table
-
     keys, names = swept_keys(cells), metric_names(cells)
     t = Table(title=f"sweep: {len(cells)} cells over {', '.join(keys) or 'nothing'}",
               title_justify="left")
@@ -188,6 +186,8 @@ def _axis_values(cells: Sequence[Cell], key: str) -> List[str]:
 
 def write_heatmaps(cells: Sequence[Cell], out_dir: Path) -> List[Path]:
     """One PNG per metric: a heat-map over two swept keys, else bars over the cells."""
+    # lazy: matplotlib loads once load_sweep has read the folder (a bad one is refused
+    # without it)
     from lmmixup.inspect.plots import plt, save_png
 
     keys, paths = swept_keys(cells), []

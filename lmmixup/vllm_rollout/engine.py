@@ -28,7 +28,7 @@ _ENGINES: Dict[int, object] = {}  # id(policy) -> its vLLM LLM, one per process
 
 def _llm_for(model):
     try:
-        from vllm import LLM
+        from vllm import LLM  # optional dependency: vllm (pip install 'lmmixup[vllm]')
     except ImportError:
         raise LmmixupError("rollout.engine=vllm: vLLM is not installed "
                            "(pip install 'lmmixup[vllm]', on a CUDA machine)") from None
@@ -59,12 +59,12 @@ def _vllm_model(llm):
 def vllm_generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg,
                   group_size: int, stop_ids: Sequence[int], pad_id: int):
     """Same contract as the other engines (lmmixup/rollout.py)."""
-    from vllm import SamplingParams
-
     if cfg.top_k != 0 or cfg.top_p != 1.0:
         raise LmmixupError("rollout.engine=vllm: top_k/top_p filtering would make vLLM's "
                            "processed log-probs differ from the trainer's; use top_k=0 top_p=1")
-    llm = _llm_for(model)
+    llm = _llm_for(model)  # names the missing package when vLLM is not installed
+    from vllm import SamplingParams  # optional dependency: vllm, as _llm_for's
+
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     _vllm_model(llm).load_weights(vllm_weight_items(model.named_parameters(), tied))
     params = SamplingParams(n=group_size, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens,
