@@ -205,8 +205,6 @@ UNEXPLAINED: Set[Tuple[str, str, str]] = {
     ("train.py", "save_final_model", "shutil"),
     ("train.py", "save_final_model", "tempfile"),
     # owned by the lead (distill.py's generation)
-    ("lmmixup/distill/generate.py", "distill_batch", "lmmixup.data.prompts"),
-    ("lmmixup/distill/generate.py", "prompt_lengths", "lmmixup.data.prompts"),
 }
 
 

@@ -69,6 +69,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from lmmixup.data.layout import prompt_messages, target_text
 from lmmixup.data.notes import majority_answer, visible_notes
+from lmmixup.data.prompts import PromptRow, render_prompt
 from lmmixup.data.schema import split_pair
 from lmmixup.dist.shard import group_seed, group_uniforms
 from lmmixup.distill.degenerate import DEGENERATE_REASONS, degenerate_reason
@@ -219,8 +220,6 @@ def token_lengths(tokenizer, texts: Sequence[str]) -> List[int]:
 
 
 def prompt_lengths(tokenizer, prompts: Sequence[List[Dict[str, str]]]) -> List[int]:
-    from lmmixup.data.prompts import PromptRow, render_prompt
-
     return token_lengths(tokenizer, [render_prompt(tokenizer, PromptRow(prompt=p)) for p in prompts])
 
 
@@ -275,8 +274,6 @@ def distill_batch(policy, prompts: Sequence[ClusterPrompt], cfg: GenerateConfig,
     prompt's own stream (seeds (B,), one per cluster), so no row depends on the batch it ran
     in. Each row is held to its own budget of generated tokens. policy: the distilling model
     (lmmixup.sampling.policy.Policy: tokenizer, stop ids, device, sampling precision)."""
-    from lmmixup.data.prompts import PromptRow
-
     tokenizer = policy.tokenizer
     lengths = prompt_lengths(tokenizer, [p.messages for p in prompts])
     out = [Generation("", False, 0, n, 0, 0) for n in lengths]
