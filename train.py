@@ -134,7 +134,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         log = MetricsLog(cfg.logger, run_dir, config_dict, resume_step=-1 if cfg.resume else None)
         atomic_write_text(run_dir / "config.yaml", config_yaml)
         print(describe(cfg.precision, prec, device), flush=True)
-        evaluate(policy, cfg, reward_fns, run_dir, step=0, log=log)
+        evaluate(policy, cfg, reward_fns=reward_fns, run_dir=run_dir, step=0, log=log)
         log.finish()
         return
     if cfg.stage == "sft":
@@ -292,7 +292,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         bar.set_postfix(reward=f"{metrics['reward/total_mean']:.3f}", kl=f"{stats.kl:.4f}")
 
         def run_eval(weights) -> None:
-            evaluate(policy.using(weights), cfg, reward_fns, run_dir, step, log=log)
+            evaluate(policy.using(weights), cfg, reward_fns=reward_fns, run_dir=run_dir, step=step,
+                     log=log)
 
         if evaluate_and_checkpoint(cfg, step, stop_now, save, dist, model, run_eval):
             print(f"stopped by {stop.signal_name or 'a signal to another rank'} after step {step}; "
@@ -305,7 +306,8 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     if dist.is_main:
         save_final_model(policy.model, tokenizer, run_dir)
         if cfg.data.eval_file and not (cfg.eval_every and cfg.steps % cfg.eval_every == 0):
-            evaluate(policy, cfg, reward_fns, run_dir, cfg.steps, log=log)
+            evaluate(policy, cfg, reward_fns=reward_fns, run_dir=run_dir, step=cfg.steps,
+                     log=log)
     dist.barrier()
     log.finish()
 
@@ -404,7 +406,8 @@ def run_sft(cfg: TrainConfig, rows, policy: Policy, reward_fns, run_dir: Path, c
     if dist.is_main:
         save_final_model(policy.model, tokenizer, run_dir)
         if cfg.data.eval_file:
-            evaluate(policy, cfg, reward_fns, run_dir, cfg.steps, log=log)
+            evaluate(policy, cfg, reward_fns=reward_fns, run_dir=run_dir, step=cfg.steps,
+                     log=log)
     dist.barrier()
     log.finish()
 
