@@ -30,6 +30,7 @@ gradients and metrics are reduced over ranks exactly (lmmixup/dist/), only rank 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -44,8 +45,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lmmixup.cli import precheck_overrides, report_errors
-from lmmixup.checkpoint import (find_resume_checkpoint, load_checkpoint, new_checkpoint_folder,
-                                rank_rng_state, save_checkpoint)
+from lmmixup.checkpoint import (TrainState, find_resume_checkpoint, load_checkpoint,
+                                new_checkpoint_folder, rank_rng_state, save_checkpoint)
 from lmmixup.config import TrainConfig, register_configs, to_train_config
 from lmmixup.data.jsonl import atomic_write_text
 from lmmixup.data.prompts import PromptSampler, check_prompt_lengths, load_rows
@@ -150,22 +151,23 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * upd.update_slots)
 
-    start_step = 0
+    state = TrainState(step=0, model=model, optimizer=optimizer, scheduler=scheduler,
+                       sampler=sampler)
     checkpoint = find_resume_checkpoint(cfg.resume, run_dir)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, resume_config,
-                                rank=dist.rank, load_sharded=sharded_loader(dist, optimizer))
-        start_step = state.step
-        sampler.load_state_dict(state.sampler)
-        print(f"resumed from {checkpoint} at step {start_step}", file=sys.stderr)
+        load_checkpoint(checkpoint, state, config=resume_config, rank=dist.rank,
+                        load_sharded=sharded_loader(dist, optimizer))
+        print(f"resumed from {checkpoint} at step {state.step}", file=sys.stderr)
+    start_step = state.step
     log = open_log(cfg, run_dir, config_dict, config_yaml, start_step, dist,
                    describe(cfg.precision, prec, device))
     stop = StopRequest()
     inspector = StepInspector(cfg, run_dir, log, resume_step=start_step) if dist.is_main else None
 
     def save(step: int) -> None:
-        save_everywhere(dist, run_dir, step, model, optimizer, scheduler, sampler.state_dict(),
-                        resume_config, config_yaml, cfg)
+        state.step = step
+        save_everywhere(dist, run_dir, state, resume_config=resume_config,
+                        config_yaml=config_yaml, cfg=cfg)
 
     prompts: StepPrompts  # this step's prompt stream, this rank's share of it
 
@@ -352,13 +354,13 @@ def run_sft(cfg: TrainConfig, rows, policy: Policy, reward_fns, run_dir: Path, c
     dist.wrap(model)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
-    start_step = 0
+    state = TrainState(step=0, model=model, optimizer=optimizer, scheduler=scheduler,
+                       sampler=sampler)
     checkpoint = find_resume_checkpoint(cfg.resume, run_dir)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, resume_config,
-                                rank=dist.rank, load_sharded=sharded_loader(dist, optimizer))
-        start_step = state.step
-        sampler.load_state_dict(state.sampler)
+        load_checkpoint(checkpoint, state, config=resume_config, rank=dist.rank,
+                        load_sharded=sharded_loader(dist, optimizer))
+    start_step = state.step
     log = open_log(cfg, run_dir, config_dict, config_yaml, start_step, dist,
                    describe(cfg.precision, prec, device))
     stop = StopRequest()
@@ -391,17 +393,19 @@ def run_sft(cfg: TrainConfig, rows, policy: Policy, reward_fns, run_dir: Path, c
                        "precision/train_bf16": float(prec.train == torch.bfloat16)})
         bar.set_postfix(loss=f"{loss:.3f}")
         stop_now = dist.any_true(bool(stop.signal_name))
+        state.step = step
         if stop_now or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
-            save_everywhere(dist, run_dir, step, model, optimizer, scheduler, sampler.state_dict(),
-                            resume_config, config_yaml, cfg)
+            save_everywhere(dist, run_dir, state, resume_config=resume_config,
+                            config_yaml=config_yaml, cfg=cfg)
         if stop_now:
             if dist.is_main:
                 print(f"stopped by {stop.signal_name or 'a signal to another rank'} after step "
                       f"{step}; checkpoint saved", file=sys.stderr)
             log.finish()
             return
-    save_everywhere(dist, run_dir, cfg.steps, model, optimizer, scheduler, sampler.state_dict(),
-                    resume_config, config_yaml, cfg)
+    state.step = cfg.steps
+    save_everywhere(dist, run_dir, state, resume_config=resume_config, config_yaml=config_yaml,
+                    cfg=cfg)
     policy = policy.using(dist.full_model(model))  # every rank takes part in FSDP2's all-gather
     if dist.is_main:
         save_final_model(policy.model, tokenizer, run_dir)
@@ -424,23 +428,23 @@ def open_log(cfg: TrainConfig, run_dir: Path, config_dict, config_yaml: str, sta
     return log
 
 
-def save_everywhere(dist: DistContext, run_dir: Path, step: int, model, optimizer, scheduler,
-                    sampler_state, resume_config, config_yaml: str, cfg: TrainConfig) -> None:
-    """A checkpoint: rank 0 writes it, with every rank's RNG state (one gather); the others
+def save_everywhere(dist: DistContext, run_dir: Path, state: TrainState, *, resume_config,
+                    config_yaml: str, cfg: TrainConfig) -> None:
+    """A checkpoint of `state`: rank 0 writes it, with every rank's RNG state (one gather); the others
     wait until it is on disk (DDP: replicated weights and optimizer, rank 0's are everyone's).
     FSDP2: every rank first writes its shards of the model and optimizer into the checkpoint's
     temporary folder (torch.distributed.checkpoint), which rank 0 completes and renames."""
     rank_rng = dist.gather_objects(rank_rng_state()) if dist.distributed else None
     prepared = None
     if dist.sharded is not None:
-        prepared = Path(dist.gather_objects(str(new_checkpoint_folder(run_dir, step))
+        prepared = Path(dist.gather_objects(str(new_checkpoint_folder(run_dir, state.step))
                                             if dist.is_main else None)[0])
-        dist.sharded.save_sharded(prepared / "dcp", optimizer)
+        dist.sharded.save_sharded(prepared / "dcp", state.optimizer)
         if cfg.checkpoint.save_hf:  # hf/ is a save_pretrained folder: full weights
-            model = dist.full_model(model)
+            state = dataclasses.replace(state, model=dist.full_model(state.model))
     if dist.is_main:
-        save_checkpoint(run_dir, step, model, optimizer, scheduler, sampler_state, resume_config,
-                        config_yaml, cfg.checkpoint, rank_rng=rank_rng, prepared=prepared)
+        save_checkpoint(run_dir, state, config=resume_config, config_yaml=config_yaml,
+                        cfg=cfg.checkpoint, rank_rng=rank_rng, prepared=prepared)
     dist.barrier()
 
 
