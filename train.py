@@ -31,6 +31,7 @@ gradients and metrics are reduced over ranks exactly (lmmixup/dist/), only rank 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import random
 import signal
@@ -53,7 +54,7 @@ from lmmixup.data.prompts import PromptSampler, check_prompt_lengths, load_rows
 from lmmixup.device import resolve_device
 from lmmixup.dist.context import DistContext, close_distributed, init_distributed
 from lmmixup.dist.gather import gather_optional_rows
-from lmmixup.dist.shard import StepPrompts, group_uniforms, shard_positions
+from lmmixup.dist.shard import StepPrompts, shard_positions
 from lmmixup.errors import LmmixupError, require
 from lmmixup.evaluate import evaluate
 from lmmixup.grpo import group_advantages
@@ -169,19 +170,7 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         save_everywhere(dist, run_dir, state, resume_config=resume_config,
                         config_yaml=config_yaml, cfg=cfg)
 
-    prompts: StepPrompts  # this step's prompt stream, this rank's share of it
-
-    def sample_fn(batch_rows):
-        uniforms = None  # sampling_rng=global: the global torch RNG, seeded by (seed, step)
-        if dist.sampling_rng == "group":
-            uniforms = group_uniforms(prompts.seeds, G, cfg.rollout.max_new_tokens)  # (n, T)
-        return policy.sample(batch_rows, G, max_prompt_tokens=cfg.data.max_prompt_tokens,
-                             source=cfg.data.train_file, uniforms=uniforms)
-
-    def score_fn(rollout, batch_rows):
-        texts = policy.decode(rollout, batch_rows, G)
-        result = compute_rewards(reward_fns, cfg.reward, texts, G)
-        return texts, result.total, result.components
+    score = functools.partial(compute_rewards, reward_fns, cfg.reward)  # (texts, G) -> R
 
     from tqdm import tqdm
 
@@ -199,10 +188,10 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
         # the policy on its current weights: FSDP2's replica all-gathered once; else the model
         policy = policy.using(dist.full_model(model))
         prompts = StepPrompts(sampler.next_batch, cfg.seed, step, block=cfg.mini_batch_prompts or B,
-                              world_size=dist.world_size, rank=dist.rank)
-        batch = collect(prompts.next_rows, sample_fn, score_fn, B, cfg.algo,
-                        tokenizer.pad_token_id, dist,
-                        row_indices=lambda: prompts.indices)  # this rank's share
+                              world_size=dist.world_size, rank=dist.rank)  # this rank's share
+        batch = collect(prompts, policy, score, batch_prompts=B, algo=cfg.algo,
+                        max_prompt_tokens=cfg.data.max_prompt_tokens, source=cfg.data.train_file,
+                        pad_id=tokenizer.pad_token_id, dist=dist)
         rollout_s = time.perf_counter() - t_rollout
         rollout = batch.rollout
         everyone = gather_batch(batch, dist, tokenizer.pad_token_id)  # every rank's rows
