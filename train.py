@@ -30,29 +30,36 @@ gradients and metrics are reduced over ranks exactly (lmmixup/dist/), only rank 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import random
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Dict, List
 
 import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from lmmixup.cli import precheck_overrides, report_errors
-from lmmixup.checkpoint import (find_resume_checkpoint, load_checkpoint, new_checkpoint_folder,
-                                rank_rng_state, save_checkpoint)
+from lmmixup.checkpoint import (TrainState, find_resume_checkpoint, load_checkpoint,
+                                new_checkpoint_folder, rank_rng_state, save_checkpoint)
 from lmmixup.config import TrainConfig, register_configs, to_train_config
 from lmmixup.data.jsonl import atomic_write_text
-from lmmixup.data.prompts import PromptSampler, check_prompt_lengths, load_rows
+from lmmixup.data.prompts import PromptRow, PromptSampler, check_prompt_lengths, load_rows
 from lmmixup.device import resolve_device
 from lmmixup.dist.context import DistContext, close_distributed, init_distributed
 from lmmixup.dist.gather import gather_optional_rows
-from lmmixup.dist.shard import StepPrompts, group_uniforms, shard_positions
+from lmmixup.dist.shard import StepPrompts, shard_positions
 from lmmixup.errors import LmmixupError, require
 from lmmixup.evaluate import evaluate
 from lmmixup.grpo import group_advantages
@@ -65,9 +72,10 @@ from lmmixup.precision import RunPrecision, describe, run_precision
 from lmmixup.rewards import build_rewards, compute_rewards, reward_extra_metrics
 from lmmixup.rollout import RECORDS_LOGPROBS
 from lmmixup.sampling.policy import Policy
-from lmmixup.sampling.rounds import collect, gather_batch
-from lmmixup.step import (frac_zero_std_groups, frozen_logprobs, grpo_update, reward_metrics,
-                          update_config, update_metrics)
+from lmmixup.sampling.rounds import ScoredBatch, collect, gather_batch
+from lmmixup.sft import encode_rows, sft_backward
+from lmmixup.step import (UpdateStats, frac_zero_std_groups, frozen_logprobs, grpo_update,
+                          reward_metrics, update_config, update_metrics)
 
 register_configs()
 
@@ -91,7 +99,24 @@ def seed_step(seed: int, step: int) -> None:
     torch.manual_seed(s)
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What every stage starts from, built once by `run`. No behaviour of its own: the stages
+    below are plain functions that read it."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    dist: DistContext  # one process: a no-op context
+    prec: RunPrecision  # the resolved precisions (auto -> fp32 | bf16)
+    policy: Policy  # model (the one trained), tokenizer, stop ids, device, cfg.rollout
+    reward_fns: Dict[str, Any]  # the run's rewards by name (lmmixup/rewards)
+    config_dict: Dict[str, Any]  # the resolved config, secrets redacted (metrics log, W&B)
+    config_yaml: str  # the same, as config.yaml and each checkpoint's copy
+    resume_config: Dict[str, Any]  # what a checkpoint fingerprints: what actually ran
+
+
 def run(dcfg: DictConfig, run_dir: Path) -> None:
+    """The start-up every stage shares, then the stage: eval, sft or grpo."""
     # Every check runs before anything is written, so a failed start (bad data, a checkpoint
     # that does not fit) leaves an earlier run's config.yaml, metrics and checkpoints as they were.
     cfg: TrainConfig = to_train_config(dcfg)
@@ -125,85 +150,70 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
     # what samples (GRPO's rollouts, evaluation's greedy answers): model, tokenizer, stop ids,
     # device, the sampler's precision and cfg.rollout, in one object (lmmixup/sampling/)
     policy = Policy.build(model, tokenizer, device, cfg.rollout, dtype=prec.rollout)
-    reward_fns = build_rewards(cfg.reward)
-
+    job = Setup(cfg=cfg, run_dir=run_dir, dist=dist, prec=prec, policy=policy,
+                reward_fns=build_rewards(cfg.reward), config_dict=config_dict,
+                config_yaml=config_yaml, resume_config=resume_config)
     if cfg.stage == "eval":
-        if not dist.is_main:  # scoring is one process's job; the other ranks have none
-            return
-        # an eval run has one line, at step 0; a re-run (resume) replaces it (-1 keeps none)
-        log = MetricsLog(cfg.logger, run_dir, config_dict, resume_step=-1 if cfg.resume else None)
-        atomic_write_text(run_dir / "config.yaml", config_yaml)
-        print(describe(cfg.precision, prec, device), flush=True)
-        evaluate(policy, cfg, reward_fns, run_dir, step=0, log=log)
-        log.finish()
-        return
-    if cfg.stage == "sft":
-        run_sft(cfg, rows, policy, reward_fns, run_dir, config_dict, config_yaml, dist, prec,
-                resume_config)
-        return
+        run_eval(job)
+    elif cfg.stage == "sft":
+        run_sft(job, rows)
+    else:
+        run_grpo(job, rows)
 
+
+def run_eval(job: Setup) -> None:
+    """stage=eval: score data.eval_file with the loaded model's greedy answers, at step 0."""
+    cfg = job.cfg
+    if not job.dist.is_main:  # scoring is one process's job; the other ranks have none
+        return
+    # an eval run has one line, at step 0; a re-run (resume) replaces it (-1 keeps none)
+    log = MetricsLog(cfg.logger, job.run_dir, job.config_dict,
+                     resume_step=-1 if cfg.resume else None)
+    atomic_write_text(job.run_dir / "config.yaml", job.config_yaml)
+    print(describe(cfg.precision, job.prec, job.policy.device), flush=True)
+    evaluate(job.policy, cfg, reward_fns=job.reward_fns, run_dir=job.run_dir, step=0, log=log)
+    log.finish()
+
+
+def run_grpo(job: Setup, rows: List[PromptRow]) -> None:
+    """GRPO, one step as the module docstring lists it, steps start+1 .. cfg.steps."""
+    cfg, dist, prec = job.cfg, job.dist, job.prec
+    policy, model = job.policy, job.policy.model
+    pad_id = policy.tokenizer.pad_token_id
+    G, B = cfg.algo.group_size, cfg.prompts_per_step
     sampler = PromptSampler(rows, cfg.data.shuffle_seed)
     ref_model = frozen_copy(model) if cfg.algo.beta > 0 else None
-    G, B = cfg.algo.group_size, cfg.prompts_per_step
     upd = update_config(cfg, dist.world_size, compute_dtype=prec.train, precision_gap=prec.gap)
     dist.wrap(model)  # DDP or FSDP2 (dist.strategy; one process: nothing)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * upd.update_slots)
-
-    start_step = 0
-    checkpoint = find_resume_checkpoint(cfg.resume, run_dir)
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, resume_config,
-                                rank=dist.rank, load_sharded=sharded_loader(dist, optimizer))
-        start_step = state.step
-        sampler.load_state_dict(state.sampler)
-        print(f"resumed from {checkpoint} at step {start_step}", file=sys.stderr)
-    log = open_log(cfg, run_dir, config_dict, config_yaml, start_step, dist,
-                   describe(cfg.precision, prec, device))
+    state = TrainState(step=0, model=model, optimizer=optimizer, scheduler=scheduler,
+                       sampler=sampler)
+    resume(job, state)
+    log = open_log(job, state.step)
     stop = StopRequest()
-    inspector = StepInspector(cfg, run_dir, log, resume_step=start_step) if dist.is_main else None
-
-    def save(step: int) -> None:
-        save_everywhere(dist, run_dir, step, model, optimizer, scheduler, sampler.state_dict(),
-                        resume_config, config_yaml, cfg)
-
-    prompts: StepPrompts  # this step's prompt stream, this rank's share of it
-
-    def sample_fn(batch_rows):
-        uniforms = None  # sampling_rng=global: the global torch RNG, seeded by (seed, step)
-        if dist.sampling_rng == "group":
-            uniforms = group_uniforms(prompts.seeds, G, cfg.rollout.max_new_tokens)  # (n, T)
-        return policy.sample(batch_rows, G, max_prompt_tokens=cfg.data.max_prompt_tokens,
-                             source=cfg.data.train_file, uniforms=uniforms)
-
-    def score_fn(rollout, batch_rows):
-        texts = policy.decode(rollout, batch_rows, G)
-        result = compute_rewards(reward_fns, cfg.reward, texts, G)
-        return texts, result.total, result.components
-
-    from tqdm import tqdm
-
-    bar = tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps,
-               desc="grpo", disable=not (cfg.logger.progress_bar and dist.is_main),
-               dynamic_ncols=True)
+    inspector = (StepInspector(cfg, job.run_dir, log, resume_step=state.step) if dist.is_main
+                 else None)
+    score = functools.partial(compute_rewards, job.reward_fns, cfg.reward)  # (texts, G) -> R
     nonfinite_skips = 0
-    step = start_step
+    bar = progress_bar(job, state.step, "grpo")
     for step in bar:
+        state.step = step
         seed_step(cfg.seed, step)
         t_step = time.perf_counter()
 
-        # 1-2. Rollout and rewards (DAPO's dynamic sampling may take extra rounds).
+        # 1-2. Sample G completions of B prompts, score them (DAPO's refill may take rounds).
         t_rollout = time.perf_counter()
         # the policy on its current weights: FSDP2's replica all-gathered once; else the model
         policy = policy.using(dist.full_model(model))
         prompts = StepPrompts(sampler.next_batch, cfg.seed, step, block=cfg.mini_batch_prompts or B,
-                              world_size=dist.world_size, rank=dist.rank)
-        batch = collect(prompts.next_rows, sample_fn, score_fn, B, cfg.algo,
-                        tokenizer.pad_token_id, dist,
-                        row_indices=lambda: prompts.indices)  # this rank's share
+                              world_size=dist.world_size, rank=dist.rank)  # this rank's share
+        batch = collect(prompts, policy, score, batch_prompts=B, algo=cfg.algo,
+                        max_prompt_tokens=cfg.data.max_prompt_tokens, source=cfg.data.train_file,
+                        pad_id=pad_id, dist=dist)
         rollout_s = time.perf_counter() - t_rollout
         rollout = batch.rollout
-        everyone = gather_batch(batch, dist, tokenizer.pad_token_id)  # every rank's rows
+        everyone = gather_batch(batch, dist, pad_id)  # every rank's rows
         if not torch.isfinite(everyone.total).all():
             bad = [repr(name) for name, v in everyone.components.items()
                    if not torch.isfinite(v).all()]
@@ -243,101 +253,74 @@ def run(dcfg: DictConfig, run_dir: Path) -> None:
             nonfinite_skips = handle_nonfinite(cfg, stats.skipped_nonfinite[0], step, nonfinite_skips)
             if stats.updates == 0:
                 continue
-
         step_s = time.perf_counter() - t_step
+
         # Metrics of the global batch (one process: this batch), written by rank 0 only.
         all_advantages = dist.cat_rows(advantages)  # (N_all,)
         all_old, all_ref = gather_optional_rows(old_logp, dist), gather_optional_rows(ref_logp, dist)
         stop_now = dist.any_true(bool(stop.signal_name))
-        if not dist.is_main:
-            if evaluate_and_checkpoint(cfg, step, stop_now, save, dist, model, run_eval=None):
-                return
-            continue
-        batch, rollout, advantages = everyone, everyone.rollout, all_advantages
-        tokens = float(rollout.completion_lengths.sum())
-        metrics = {
-            # reward/* and grpo/frac_zero_std_groups: the batch trained on (after DAPO's
-            # filtering); reward_sampled/*, grpo/frac_zero_std_groups_sampled: all sampled.
-            **reward_metrics(batch.total, batch.components),
-            **reward_metrics(batch.sampled_total, batch.sampled_components, prefix="reward_sampled"),
-            **reward_extra_metrics(batch.components),
-            "grpo/loss": stats.loss,
-            "grpo/kl": stats.kl,
-            "grpo/entropy": stats.entropy,
-            "grpo/clip_frac_low": stats.clip_frac_low,
-            "grpo/clip_frac_high": stats.clip_frac_high,
-            "grpo/ratio_mean": stats.ratio_mean,
-            "grpo/ratio_max": stats.ratio_max,
-            "grpo/adv_mean": float(advantages.mean()),
-            "grpo/adv_std": float(advantages.std()),
-            "grpo/frac_zero_std_groups": frac_zero_std_groups(batch.total, G),
-            "grpo/frac_zero_std_groups_sampled": frac_zero_std_groups(batch.sampled_total, G),
-            "grpo/grad_norm": stats.grad_norm,
-            "grpo/updates": stats.updates,
-            "grpo/lr": stats.lr,  # the mean rate this step's updates used
-            **update_metrics(stats),  # mismatch/*: sampler vs trainer log-probs
-            "rollout/completion_len_mean": float(rollout.completion_lengths.mean()),
-            "rollout/frac_truncated": float(rollout.truncated.float().mean()),
-            "rollout/rounds": batch.rounds,
-            "rollout/dropped_groups": batch.dropped_groups,
-            "rollout/tokens_per_s": tokens / max(rollout_s, 1e-9),
-            "time/rollout_s": rollout_s,
-            "time/step_s": step_s,
-            "precision/train_bf16": float(prec.train == torch.bfloat16),
-            "precision/rollout_bf16": float(prec.rollout == torch.bfloat16),
-        }
-        # Attribution (attr/*), reward-hacking signals (hacking/*), rollout dump: lmmixup/inspect.
-        metrics.update(inspector.after_step(step, batch, advantages, all_old, all_ref, metrics))
-        log.log(step, metrics)
-        bar.set_postfix(reward=f"{metrics['reward/total_mean']:.3f}", kl=f"{stats.kl:.4f}")
-
-        def run_eval(weights) -> None:
-            evaluate(policy.using(weights), cfg, reward_fns, run_dir, step, log=log)
-
-        if evaluate_and_checkpoint(cfg, step, stop_now, save, dist, model, run_eval):
-            print(f"stopped by {stop.signal_name or 'a signal to another rank'} after step {step}; "
-                  f"checkpoint saved, continue with resume=auto hydra.run.dir={run_dir}",
-                  file=sys.stderr)
-            log.finish()
-            return
-    save(cfg.steps)
-    policy = policy.using(dist.full_model(model))  # every rank takes part in FSDP2's all-gather
-    if dist.is_main:
-        save_final_model(policy.model, tokenizer, run_dir)
-        if cfg.data.eval_file and not (cfg.eval_every and cfg.steps % cfg.eval_every == 0):
-            evaluate(policy, cfg, reward_fns, run_dir, cfg.steps, log=log)
-    dist.barrier()
-    log.finish()
-
-
-def evaluate_and_checkpoint(cfg: TrainConfig, step: int, stop_now: bool, save, dist: DistContext,
-                            model, run_eval) -> bool:
-    """The end of a step on every rank: rank 0 evaluates (the others wait), every rank takes
-    part in a checkpoint. Returns True when the run stops here (a signal reached some rank)."""
-    if cfg.eval_every and step % cfg.eval_every == 0 and cfg.data.eval_file:
-        weights = dist.full_model(model)  # every rank takes part in FSDP2's all-gather
         if dist.is_main:
-            run_eval(weights)
-        dist.barrier()
-    if stop_now:
-        save(step)
-        return True
-    if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-        save(step)
-    return False
+            metrics = step_metrics(everyone, all_advantages, stats, prec, group_size=G,
+                                   rollout_s=rollout_s, step_s=step_s)
+            # Attribution (attr/*), reward-hacking signals (hacking/*), rollout dump: lmmixup/inspect
+            metrics.update(inspector.after_step(step, everyone, all_advantages, all_old, all_ref,
+                                                metrics))
+            log.log(step, metrics)
+            bar.set_postfix(reward=f"{metrics['reward/total_mean']:.3f}", kl=f"{stats.kl:.4f}")
+        if cfg.eval_every and step % cfg.eval_every == 0 and cfg.data.eval_file:
+            evaluate_on_rank0(job, model, step, log)
+        if checkpoint_or_stop(job, state, stop_now, stop.signal_name, log):
+            return
+    finish(job, state, log, evaluated=bool(cfg.eval_every and cfg.steps % cfg.eval_every == 0))
 
 
-def run_sft(cfg: TrainConfig, rows, policy: Policy, reward_fns, run_dir: Path, config_dict,
-            config_yaml: str, dist: DistContext, prec: RunPrecision, resume_config) -> None:
+def step_metrics(batch: ScoredBatch, advantages: torch.Tensor, stats: UpdateStats,
+                 prec: RunPrecision, *, group_size: int, rollout_s: float,
+                 step_s: float) -> Dict[str, float]:
+    """One GRPO step's line of metrics.jsonl, of the global batch (every rank's groups) and its
+    advantages (N_all,)."""
+    rollout = batch.rollout
+    tokens = float(rollout.completion_lengths.sum())
+    return {
+        # reward/* and grpo/frac_zero_std_groups: the batch trained on (after DAPO's
+        # filtering); reward_sampled/*, grpo/frac_zero_std_groups_sampled: all sampled.
+        **reward_metrics(batch.total, batch.components),
+        **reward_metrics(batch.sampled_total, batch.sampled_components, prefix="reward_sampled"),
+        **reward_extra_metrics(batch.components),
+        "grpo/loss": stats.loss,
+        "grpo/kl": stats.kl,
+        "grpo/entropy": stats.entropy,
+        "grpo/clip_frac_low": stats.clip_frac_low,
+        "grpo/clip_frac_high": stats.clip_frac_high,
+        "grpo/ratio_mean": stats.ratio_mean,
+        "grpo/ratio_max": stats.ratio_max,
+        "grpo/adv_mean": float(advantages.mean()),
+        "grpo/adv_std": float(advantages.std()),
+        "grpo/frac_zero_std_groups": frac_zero_std_groups(batch.total, group_size),
+        "grpo/frac_zero_std_groups_sampled": frac_zero_std_groups(batch.sampled_total, group_size),
+        "grpo/grad_norm": stats.grad_norm,
+        "grpo/updates": stats.updates,
+        "grpo/lr": stats.lr,  # the mean rate this step's updates used
+        **update_metrics(stats),  # mismatch/*: sampler vs trainer log-probs
+        "rollout/completion_len_mean": float(rollout.completion_lengths.mean()),
+        "rollout/frac_truncated": float(rollout.truncated.float().mean()),
+        "rollout/rounds": batch.rounds,
+        "rollout/dropped_groups": batch.dropped_groups,
+        "rollout/tokens_per_s": tokens / max(rollout_s, 1e-9),
+        "time/rollout_s": rollout_s,
+        "time/step_s": step_s,
+        "precision/train_bf16": float(prec.train == torch.bfloat16),
+        "precision/rollout_bf16": float(prec.rollout == torch.bfloat16),
+    }
+
+
+def run_sft(job: Setup, rows: List[PromptRow]) -> None:
     """The SFT cold start: cross-entropy on target tokens only (prompt masked), lr warm-up,
     token-exact gradient accumulation, forwards at prec.train. Checkpoints and resume work as
     in GRPO. Under torchrun each rank takes a contiguous 1/N of every step's examples; the
-    token normaliser is global. `policy` holds the model trained and evaluates it at the end."""
-    from tqdm import tqdm
-
-    from lmmixup.sft import encode_rows, sft_backward
-
-    model, tokenizer, device = policy.model, policy.tokenizer, policy.device
+    token normaliser is global."""
+    cfg, dist, prec = job.cfg, job.dist, job.prec
+    model, tokenizer, device = job.policy.model, job.policy.tokenizer, job.policy.device
     examples, skipped = encode_rows(tokenizer, rows, cfg.sft.max_seq_len, cfg.data.train_file)
     if not examples:
         raise LmmixupError(f"{cfg.data.train_file}: every row is longer than "
@@ -350,22 +333,15 @@ def run_sft(cfg: TrainConfig, rows, policy: Policy, reward_fns, run_dir: Path, c
     dist.wrap(model)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
-    start_step = 0
-    checkpoint = find_resume_checkpoint(cfg.resume, run_dir)
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, resume_config,
-                                rank=dist.rank, load_sharded=sharded_loader(dist, optimizer))
-        start_step = state.step
-        sampler.load_state_dict(state.sampler)
-    log = open_log(cfg, run_dir, config_dict, config_yaml, start_step, dist,
-                   describe(cfg.precision, prec, device))
+    state = TrainState(step=0, model=model, optimizer=optimizer, scheduler=scheduler,
+                       sampler=sampler)
+    resume(job, state)
+    log = open_log(job, state.step)
     stop = StopRequest()
     params = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps,
-               desc="sft", disable=not (cfg.logger.progress_bar and dist.is_main),
-               dynamic_ncols=True)
-    step = start_step
+    bar = progress_bar(job, state.step, "sft")
     for step in bar:
+        state.step = step
         seed_step(cfg.seed, step)
         t_step = time.perf_counter()
         batch = sampler.next_batch(cfg.sft.examples_per_step)  # the global batch
@@ -389,55 +365,103 @@ def run_sft(cfg: TrainConfig, rows, policy: Policy, reward_fns, run_dir: Path, c
                        "precision/train_bf16": float(prec.train == torch.bfloat16)})
         bar.set_postfix(loss=f"{loss:.3f}")
         stop_now = dist.any_true(bool(stop.signal_name))
-        if stop_now or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
-            save_everywhere(dist, run_dir, step, model, optimizer, scheduler, sampler.state_dict(),
-                            resume_config, config_yaml, cfg)
-        if stop_now:
-            if dist.is_main:
-                print(f"stopped by {stop.signal_name or 'a signal to another rank'} after step "
-                      f"{step}; checkpoint saved", file=sys.stderr)
-            log.finish()
+        if checkpoint_or_stop(job, state, stop_now, stop.signal_name, log):
             return
-    save_everywhere(dist, run_dir, cfg.steps, model, optimizer, scheduler, sampler.state_dict(),
-                    resume_config, config_yaml, cfg)
-    policy = policy.using(dist.full_model(model))  # every rank takes part in FSDP2's all-gather
-    if dist.is_main:
-        save_final_model(policy.model, tokenizer, run_dir)
-        if cfg.data.eval_file:
-            evaluate(policy, cfg, reward_fns, run_dir, cfg.steps, log=log)
-    dist.barrier()
-    log.finish()
+    finish(job, state, log, evaluated=False)
 
 
-def open_log(cfg: TrainConfig, run_dir: Path, config_dict, config_yaml: str, start_step: int,
-             dist: DistContext, precision_line: str):
+# ----------------------------------------------------------------------------- shared by stages
+
+
+def resume(job: Setup, state: TrainState) -> None:
+    """resume=auto|PATH: restore `state` (weights, optimizer, lr schedule, sampler position,
+    every RNG) from the checkpoint, after checking it fits this run; else it stays at step 0."""
+    checkpoint = find_resume_checkpoint(job.cfg.resume, job.run_dir)
+    if checkpoint is None:
+        return
+    load_checkpoint(checkpoint, state, config=job.resume_config, rank=job.dist.rank,
+                    load_sharded=sharded_loader(job.dist, state.optimizer))
+    print(f"resumed from {checkpoint} at step {state.step}", file=sys.stderr)
+
+
+def open_log(job: Setup, start_step: int):
     """Rank 0's MetricsLog (and config.yaml, written only now that every check has passed), and
     the precision line on stdout (stderr is for errors: one line each); the others log nothing."""
-    if not dist.is_main:
+    cfg = job.cfg
+    if not job.dist.is_main:
         return NullMetricsLog()
-    log = MetricsLog(cfg.logger, run_dir, config_dict, resume_step=start_step if cfg.resume else None)
-    atomic_write_text(run_dir / "config.yaml", config_yaml)
-    print(precision_line, flush=True)
+    log = MetricsLog(cfg.logger, job.run_dir, job.config_dict,
+                     resume_step=start_step if cfg.resume else None)
+    atomic_write_text(job.run_dir / "config.yaml", job.config_yaml)
+    print(describe(cfg.precision, job.prec, job.policy.device), flush=True)
     return log
 
 
-def save_everywhere(dist: DistContext, run_dir: Path, step: int, model, optimizer, scheduler,
-                    sampler_state, resume_config, config_yaml: str, cfg: TrainConfig) -> None:
-    """A checkpoint: rank 0 writes it, with every rank's RNG state (one gather); the others
-    wait until it is on disk (DDP: replicated weights and optimizer, rank 0's are everyone's).
-    FSDP2: every rank first writes its shards of the model and optimizer into the checkpoint's
-    temporary folder (torch.distributed.checkpoint), which rank 0 completes and renames."""
+def progress_bar(job: Setup, start_step: int, desc: str):
+    """Steps start_step + 1 .. cfg.steps, drawn as a bar by rank 0 (logger.progress_bar)."""
+    cfg = job.cfg
+    return tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps,
+                desc=desc, disable=not (cfg.logger.progress_bar and job.dist.is_main),
+                dynamic_ncols=True)
+
+
+def evaluate_on_rank0(job: Setup, model, step: int, log) -> None:
+    """Held-out evaluation after `step`: rank 0 scores, the others wait."""
+    weights = job.dist.full_model(model)  # every rank takes part in FSDP2's all-gather
+    if job.dist.is_main:
+        evaluate(job.policy.using(weights), job.cfg, reward_fns=job.reward_fns,
+                 run_dir=job.run_dir, step=step, log=log)
+    job.dist.barrier()
+
+
+def checkpoint_or_stop(job: Setup, state: TrainState, stop_now: bool, signal_name: str,
+                       log) -> bool:
+    """The end of a step on every rank: a checkpoint every checkpoint.every steps, and one when a
+    signal reached some rank (stop_now). Returns True when the run stops here."""
+    every = job.cfg.checkpoint.every
+    if stop_now or (every and state.step % every == 0):
+        save_everywhere(job, state)
+    if stop_now:
+        if job.dist.is_main:
+            print(f"stopped by {signal_name or 'a signal to another rank'} after step "
+                  f"{state.step}; checkpoint saved, continue with resume=auto "
+                  f"hydra.run.dir={job.run_dir}", file=sys.stderr)
+        log.finish()
+    return stop_now
+
+
+def finish(job: Setup, state: TrainState, log, *, evaluated: bool) -> None:
+    """The end of training on every rank: the last checkpoint, <run dir>/model, and the
+    held-out evaluation of the last step unless the loop just ran it (`evaluated`)."""
+    save_everywhere(job, state)
+    policy = job.policy.using(job.dist.full_model(state.model))  # all take part in FSDP2's gather
+    if job.dist.is_main:
+        save_final_model(policy.model, policy.tokenizer, job.run_dir)
+        if job.cfg.data.eval_file and not evaluated:
+            evaluate(policy, job.cfg, reward_fns=job.reward_fns, run_dir=job.run_dir,
+                     step=state.step, log=log)
+    job.dist.barrier()
+    log.finish()
+
+
+def save_everywhere(job: Setup, state: TrainState) -> None:
+    """A checkpoint of `state`: rank 0 writes it, with every rank's RNG state (one gather); the
+    others wait until it is on disk (DDP: replicated weights and optimizer, rank 0's are
+    everyone's). FSDP2: every rank first writes its shards of the model and optimizer into the
+    checkpoint's temporary folder (torch.distributed.checkpoint), which rank 0 completes and
+    renames."""
+    dist, run_dir = job.dist, job.run_dir
     rank_rng = dist.gather_objects(rank_rng_state()) if dist.distributed else None
     prepared = None
     if dist.sharded is not None:
-        prepared = Path(dist.gather_objects(str(new_checkpoint_folder(run_dir, step))
+        prepared = Path(dist.gather_objects(str(new_checkpoint_folder(run_dir, state.step))
                                             if dist.is_main else None)[0])
-        dist.sharded.save_sharded(prepared / "dcp", optimizer)
-        if cfg.checkpoint.save_hf:  # hf/ is a save_pretrained folder: full weights
-            model = dist.full_model(model)
+        dist.sharded.save_sharded(prepared / "dcp", state.optimizer)
+        if job.cfg.checkpoint.save_hf:  # hf/ is a save_pretrained folder: full weights
+            state = dataclasses.replace(state, model=dist.full_model(state.model))
     if dist.is_main:
-        save_checkpoint(run_dir, step, model, optimizer, scheduler, sampler_state, resume_config,
-                        config_yaml, cfg.checkpoint, rank_rng=rank_rng, prepared=prepared)
+        save_checkpoint(run_dir, state, config=job.resume_config, config_yaml=job.config_yaml,
+                        cfg=job.cfg.checkpoint, rank_rng=rank_rng, prepared=prepared)
     dist.barrier()
 
 
@@ -450,9 +474,6 @@ def sharded_loader(dist: DistContext, optimizer):
 
 def save_final_model(model, tokenizer, run_dir: Path) -> None:
     """<run dir>/model: a save_pretrained folder, usable as model.name_or_path (atomic)."""
-    import shutil
-    import tempfile
-
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=run_dir))
     if is_lora(model):  # <run dir>/adapter, and the merged copy as <run dir>/model
         tmp_adapter = Path(tempfile.mkdtemp(prefix=".tmp-adapter-", dir=run_dir))

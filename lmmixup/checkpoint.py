@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
+from safetensors.torch import load_model, save_model
 
 from lmmixup.errors import LmmixupError, brief, require
 
@@ -124,15 +125,30 @@ def new_checkpoint_folder(run_dir: Path, step: int) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".tmp-step_{step:06d}-", dir=root))
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, sampler_state: Dict,
-                    config: Dict[str, Any], config_yaml: str, cfg: CheckpointConfig,
-                    rank_rng: Optional[List[Dict[str, Any]]] = None,
-                    prepared: Optional[Path] = None) -> Path:
-    """rank_rng: under torchrun, every rank's `rank_rng_state()` (rank 0 writes them all to
-    rng_ranks.pt; resume gives each rank its own back). prepared: a `new_checkpoint_folder`
-    that already holds the model and optimizer shards in dcp/ (FSDP2; every rank wrote its own)."""
-    from safetensors.torch import save_model
+@dataclass
+class TrainState:
+    """What a checkpoint saves and a resume restores, in one object (the idea of Meta's lingua).
 
+    The RNG states are not fields: they belong to the process, and save_checkpoint reads them
+    (rank_rng_state) where load_checkpoint sets them back."""
+
+    step: int  # the last finished step (0 before the first)
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a torch lr scheduler (optim.build_scheduler)
+    sampler: Any  # the prompt sampler (data.prompts.PromptSampler): state_dict() is its position
+
+
+def save_checkpoint(run_dir: Path, state: TrainState, *, config: Dict[str, Any], config_yaml: str,
+                    cfg: CheckpointConfig, rank_rng: Optional[List[Dict[str, Any]]] = None,
+                    prepared: Optional[Path] = None) -> Path:
+    """Write `state` as <run_dir>/checkpoints/step_<state.step> (the module docstring's layout).
+    config: the run's resolved config (its fingerprint is checked on resume); config_yaml: the
+    same, as written to config.yaml. rank_rng: under torchrun, every rank's `rank_rng_state()`
+    (rank 0 writes them all to rng_ranks.pt; resume gives each rank its own back). prepared: a
+    `new_checkpoint_folder` that already holds the model and optimizer shards in dcp/ (FSDP2;
+    every rank wrote its own)."""
+    step, model = state.step, state.model
     root = run_dir / "checkpoints"
     final = root / f"step_{step:06d}"
     tmp = prepared if prepared is not None else new_checkpoint_folder(run_dir, step)
@@ -142,15 +158,16 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, sampl
         torch_states = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             torch_states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-        optimizer_state = {} if prepared is not None else {"optimizer": optimizer.state_dict()}
-        torch.save({**optimizer_state, "scheduler": scheduler.state_dict(),
+        optimizer_state = ({} if prepared is not None
+                           else {"optimizer": state.optimizer.state_dict()})
+        torch.save({**optimizer_state, "scheduler": state.scheduler.state_dict(),
                     "torch_rng": torch_states}, tmp / "trainer.pt")
         if rank_rng is not None:
             torch.save(rank_rng, tmp / "rng_ranks.pt")
         (tmp / "config.yaml").write_text(config_yaml)
         if cfg.save_hf:
             model.save_pretrained(tmp / "hf", safe_serialization=True)
-        meta = {"step": step, "sampler": sampler_state, "rng": rng_state(),
+        meta = {"step": step, "sampler": state.sampler.state_dict(), "rng": rng_state(),
                 "model_identity": model_identity(model),
                 "config_fingerprint": config_fingerprint(config)}
         with open(tmp / "meta.json", "w") as f:
@@ -202,20 +219,14 @@ def _describe_changes(keys: List[str], ours: Dict[str, str], theirs: Dict[str, s
     return ", ".join(parts) + more
 
 
-@dataclass
-class ResumeState:
-    step: int
-    sampler: Dict[str, int]
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler, config: Dict[str, Any],
-                    rank: int = 0, load_sharded: Optional[Callable[[Path], None]] = None
-                    ) -> ResumeState:
-    """Restore everything a checkpoint holds, after checking it fits this run. rank > 0 (under
-    torchrun) restores that rank's own RNG states from rng_ranks.pt. load_sharded (FSDP2, on
-    every rank): loads the model and optimizer shards from <path>/dcp instead."""
-    from safetensors.torch import load_model
-
+def load_checkpoint(path: Path, state: TrainState, *, config: Dict[str, Any], rank: int = 0,
+                    load_sharded: Optional[Callable[[Path], None]] = None) -> TrainState:
+    """Restore everything a checkpoint holds into `state` (and return it), after checking it fits
+    this run: config is the run's resolved config, compared with the checkpoint's fingerprint.
+    rank > 0 (under torchrun) restores that rank's own RNG states from rng_ranks.pt.
+    load_sharded (FSDP2, on every rank): loads the model and optimizer shards from <path>/dcp
+    instead."""
+    model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
     try:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -275,4 +286,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, config: Dict[str, A
         if "torch_cuda" in mine:
             torch_states["cuda"] = mine["torch_cuda"]
         set_rng_state(mine, torch_states)
-    return ResumeState(step=meta["step"], sampler=meta["sampler"])
+    state.sampler.load_state_dict(meta["sampler"])
+    state.step = meta["step"]
+    return state

@@ -124,7 +124,7 @@ def dump_columns(reward_names: Sequence[str], with_tokens: bool):
     return pa.schema(fields)
 
 
-def build_rows(step: int, group_size: int, prompt_ids: Sequence[int], prompts: Sequence[str],
+def build_rows(*, step: int, group_size: int, prompt_ids: Sequence[int], prompts: Sequence[str],
                completions: Sequence[str], references: Sequence[Optional[str]],
                tasks: Sequence[Optional[str]], components: Dict[str, torch.Tensor],
                total: torch.Tensor, advantages: torch.Tensor, terms: Dict[str, torch.Tensor],

@@ -28,6 +28,7 @@ from lmmixup.data.jsonl import atomic_write_text
 from lmmixup.data.prompts import load_rows
 from lmmixup.eval.baselines import BASELINES, has_members
 from lmmixup.eval.stats import bootstrap_mean_ci
+from lmmixup.rewards.embedder import get_embedder
 from lmmixup.rewards.registry import RewardBatch, compute_rewards
 from lmmixup.sampling.policy import Policy
 
@@ -44,8 +45,6 @@ def interval_metrics(prefix: str, per_row: List[Dict[str, float]]) -> Dict[str, 
 
 def score_baselines(rows, reward_fns, reward_cfg, batch_rows: int) -> Dict[str, List[Dict[str, float]]]:
     """baseline name -> one {component: score, "total": R} per row, by the run's rewards."""
-    from lmmixup.rewards.embedder import get_embedder
-
     embed = get_embedder(reward_cfg.embedder).encode
     scores: Dict[str, List[Dict[str, float]]] = {}
     for name, build in BASELINES.items():
@@ -65,10 +64,11 @@ def score_baselines(rows, reward_fns, reward_cfg, batch_rows: int) -> Dict[str, 
 
 
 @torch.no_grad()
-def evaluate(policy: Policy, cfg, reward_fns, run_dir: Path, step: int, log=None,
+def evaluate(policy: Policy, cfg, *, reward_fns, run_dir: Path, step: int, log=None,
              batch_rows: int = 16) -> Dict[str, float]:
     """Greedy completions of the held-out rows (`policy.greedy`: cfg.rollout's engine and budget,
-    the argmax), scored (files: the module docstring). The static engine decodes in the
+    the argmax), scored by reward_fns (files in run_dir, named after `step`: the module
+    docstring; the summary also goes to `log` when given). The static engine decodes in the
     sampler's precision (policy.dtype, precision.rollout resolved); `eval/decode_bf16` records
     it, since greedy tokens can differ between fp32 and bf16."""
     rows = load_rows(cfg.data.eval_file)[: cfg.eval_max_rows]

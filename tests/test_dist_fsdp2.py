@@ -56,7 +56,7 @@ def _dapo_membership(world_size, rank, out_dir, dist_ctx):
     Writes {prompt: global mini-batch} for this rank's kept groups (rank 0 gathers)."""
     from lmmixup.dist.shard import StepPrompts
     from lmmixup.grpo import AlgoConfig
-    from lmmixup.rewards.registry import RewardBatch
+    from lmmixup.rewards.registry import RewardBatch, RewardResult
     from lmmixup.rollout import Rollout
     from lmmixup.sampling.rounds import collect
 
@@ -64,22 +64,26 @@ def _dapo_membership(world_size, rank, out_dir, dist_ctx):
     prompts = StepPrompts(lambda k: [next(stream) for _ in range(k)], 0, 1, block=DAPO_M,
                           world_size=world_size, rank=rank)
 
-    def sample_fn(rows):
-        n = len(rows) * DAPO_G
-        ids = torch.tensor([[p] for p in rows for _ in range(DAPO_G)])  # (n, 1)
-        return Rollout(torch.ones(n, 1, dtype=torch.long), torch.ones(n, 1, dtype=torch.long), ids,
-                       torch.ones(n, 1), torch.zeros(n, dtype=torch.bool))
+    class FakePolicy:  # the prompt is the completion; member j of a group is rewarded j
+        def sample(self, rows, group_size, **kwargs):
+            n = len(rows) * group_size
+            ids = torch.tensor([[p] for p in rows for _ in range(group_size)])  # (n, 1)
+            return Rollout(torch.ones(n, 1, dtype=torch.long), torch.ones(n, 1, dtype=torch.long),
+                           ids, torch.ones(n, 1), torch.zeros(n, dtype=torch.bool))
 
-    def score_fn(rollout, rows):
-        total = torch.tensor([float(j * (p % 3 != 0)) for p in rows for j in range(DAPO_G)])
-        n = len(total)
-        texts = RewardBatch([str(p) for p in rows for _ in range(DAPO_G)], ["x"] * n, [None] * n,
-                            [None] * n, [1] * n)
-        return texts, total, {"r": total}
+        def decode(self, rollout, rows, group_size):
+            n = rollout.num_sequences
+            return RewardBatch([str(p) for p in rows for _ in range(group_size)], ["x"] * n,
+                               [None] * n, [None] * n, [1] * n)
+
+    def score(texts, group_size):  # prompt p's group is flat when p % 3 == 0
+        total = torch.tensor([float((n % group_size) * (int(p) % 3 != 0))
+                              for n, p in enumerate(texts.prompts)])  # (n,)
+        return RewardResult(total=total, components={"r": total})
 
     algo = AlgoConfig(group_size=DAPO_G, filter_zero_std_groups=True, max_resample_rounds=2)
-    batch = collect(prompts.next_rows, sample_fn, score_fn, DAPO_B, algo, 0, dist_ctx,
-                    row_indices=lambda: prompts.indices)
+    batch = collect(prompts, FakePolicy(), score, batch_prompts=DAPO_B, algo=algo,
+                    max_prompt_tokens=64, pad_id=0, dist=dist_ctx)
     mine = {p: pos // DAPO_M for p, pos in zip(batch.rows, batch.positions)}
     parts = dist_ctx.gather_objects(mine)
     if rank == 0:

@@ -93,10 +93,12 @@ class StepInspector:
                               ref_logprobs=ref_logp)
         summary = summarise_tokens(tokens, cfg.algo.kl_estimator, cfg.algo.kl_clamp,
                                    cfg.algo.eps_low, cfg.algo.eps_high)
-        rows = build_rows(step, cfg.algo.group_size, [r.line for r in batch.rows], texts.prompts,
-                          texts.completions, texts.references, texts.tasks, batch.components,
-                          batch.total, advantages, terms, rollout.truncated, tokens, summary,
-                          with_tokens=cfg.logger.dump_tokens)
+        rows = build_rows(step=step, group_size=cfg.algo.group_size,
+                          prompt_ids=[r.line for r in batch.rows], prompts=texts.prompts,
+                          completions=texts.completions, references=texts.references,
+                          tasks=texts.tasks, components=batch.components, total=batch.total,
+                          advantages=advantages, terms=terms, truncated=rollout.truncated,
+                          tokens=tokens, summary=summary, with_tokens=cfg.logger.dump_tokens)
         names = list(batch.components)
         write_dump(self.run_dir, step, rows, names, with_tokens=cfg.logger.dump_tokens)
         if cfg.logger.dump_table_rows:

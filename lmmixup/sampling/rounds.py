@@ -1,23 +1,30 @@
 """GRPO's rollout rounds: sample and score B prompts, refilling the groups DAPO filters away.
 
-`collect` runs the rounds of one step on this rank (sample_fn and score_fn are the job's: in
-train.py, lmmixup.sampling.policy.Policy.sample and the run's rewards) and returns the
-`ScoredBatch` the update trains on; `join_scored` concatenates parts into one, which is also how
-`gather_batch` builds the global batch from every rank's (under torchrun).
+`collect` runs the rounds of one step on this rank: it draws prompts from the step's stream,
+samples G completions of each with the job's `Policy`, scores their texts with the run's
+rewards, and returns the `ScoredBatch` the update trains on. `join_scored` concatenates parts
+into one, which is also how `gather_batch` builds the global batch from every rank's (under
+torchrun).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple
 
 import torch
 
 from lmmixup.data.prompts import PromptRow
 from lmmixup.dist.context import LOCAL, DistContext
+from lmmixup.dist.shard import StepPrompts, group_uniforms
 from lmmixup.grpo import AlgoConfig, zero_std_groups
-from lmmixup.rewards.registry import RewardBatch
+from lmmixup.rewards.registry import RewardBatch, RewardResult
 from lmmixup.rollout_batch import Rollout, concat_rollouts, select_rows
+from lmmixup.sampling.policy import Policy
+
+# The run's rewards mixed into one total, built once per job:
+# functools.partial(compute_rewards, reward_fns, cfg.reward), called as score(texts, G).
+Score = Callable[[RewardBatch, int], RewardResult]
 
 
 class _Round(NamedTuple):
@@ -66,48 +73,54 @@ class ScoredBatch:
     positions: List[int]  # (b,) each group's place in the global kept order (see collect)
 
 
-def collect(next_rows, sample_fn, score_fn, batch_prompts: int, algo: AlgoConfig,
-            pad_id: int, dist: DistContext = LOCAL,
-            row_indices: Optional[Callable[[], List[int]]] = None) -> ScoredBatch:
-    """Sample and score B prompts. With algo.filter_zero_std_groups, groups whose rewards are
-    all equal are dropped and fresh prompts are sampled, up to algo.max_resample_rounds extra
-    rounds (DAPO's dynamic sampling); the batch may end up smaller than B, never larger.
+def collect(prompts: StepPrompts, policy: Policy, score: Score, *, batch_prompts: int,
+            algo: AlgoConfig, max_prompt_tokens: int, source: str = "", pad_id: int,
+            dist: DistContext = LOCAL) -> ScoredBatch:
+    """Sample and score B = batch_prompts prompts. With algo.filter_zero_std_groups, groups whose
+    rewards are all equal are dropped and fresh prompts are sampled, up to
+    algo.max_resample_rounds extra rounds (DAPO's dynamic sampling); the batch may end up
+    smaller than B, never larger.
 
-    next_rows(k) -> k PromptRows; sample_fn(rows) -> Rollout; score_fn(rollout, rows) ->
-    (RewardBatch, total (n,), components).
+    One round: prompts.next_rows(k) draws the next k prompts of the step's stream (this rank's
+    share of them under torchrun); policy.sample gives G completions of each (with uniforms
+    drawn per group under dist.sampling_rng=group, so a group samples the same on any rank;
+    max_prompt_tokens, source: a longer prompt is an error naming its line of `source`);
+    policy.decode gives their texts, and score(texts, G) their rewards.
 
-    Under torchrun, next_rows(k) returns this rank's share of the next k global prompts (possibly
-    none) and B counts the groups of every rank: the kept groups' indices are gathered after
+    Under torchrun B counts the groups of every rank: the kept groups' indices are gathered after
     each round (the small all-gather DAPO's refill needs), so every rank runs the same rounds. A
     rank whose groups were all filtered away gets an empty batch; its training share is then a
     zero-loss backward (grpo_update).
 
     `positions` numbers the kept groups of every rank in the order one process keeps them
-    (round by round, each round in global prompt order): row_indices() gives the global stream
-    position of the rows next_rows last returned (None: one process, the rows themselves).
-    grpo_update puts group p in global mini-batch p // mini_batch_prompts, so the mini-batches,
-    and with them the updates, are the same for any number of ranks, also after DAPO's refill.
-    Each round gathers the kept groups' indices (a few ints per rank) to number them."""
+    (round by round, each round in global prompt order): prompts.indices gives the global stream
+    position of the rows next_rows last returned. grpo_update puts group p in global mini-batch
+    p // mini_batch_prompts, so the mini-batches, and with them the updates, are the same for
+    any number of ranks, also after DAPO's refill. Each round gathers the kept groups' indices
+    (a few ints per rank) to number them."""
     g = algo.group_size
     sampled: List[_Round] = []
     kept: List[_Round] = []
     kept_groups, dropped, rounds = 0, 0, 0  # kept_groups: over all ranks
     positions: List[int] = []
     first_indices: List[int] = []
-    drawn = 0  # prompts drawn so far (one process's stream positions)
     max_rounds = 1 + (algo.max_resample_rounds if algo.filter_zero_std_groups else 0)
     while rounds < max_rounds and kept_groups < batch_prompts:
-        rows = next_rows(batch_prompts - kept_groups)
-        indices = (row_indices() if row_indices is not None
-                   else list(range(drawn, drawn + len(rows))))  # (b,) stream positions
-        drawn += len(rows)
+        rows = prompts.next_rows(batch_prompts - kept_groups)
+        indices = prompts.indices  # (b,) the rows' positions in the step's global stream
         if rounds == 0:
             first_indices = indices
         rounds += 1
         kept_here: List[int] = []  # global stream indices of this rank's kept groups
         if rows:
-            rollout = sample_fn(rows)
-            round_ = _Round(rows, rollout, *score_fn(rollout, rows))
+            uniforms = None  # sampling_rng=global: the global torch RNG, seeded by (seed, step)
+            if dist.sampling_rng == "group":
+                uniforms = group_uniforms(prompts.seeds, g, policy.config.max_new_tokens)  # (n, T)
+            rollout = policy.sample(rows, g, max_prompt_tokens=max_prompt_tokens, source=source,
+                                    uniforms=uniforms)  # n = b*G rows
+            texts = policy.decode(rollout, rows, g)
+            rewards = score(texts, g)
+            round_ = _Round(rows, rollout, texts, rewards.total, rewards.components)
             sampled.append(round_)
             if not algo.filter_zero_std_groups:
                 kept.append(round_)
