@@ -192,20 +192,10 @@ def test_no_stale_exceptions():
     assert stale == set(), "fixed on another branch: delete these KNOWN lines"
 
 
-# Function-local imports without their reason yet, in files other branches are editing:
-# (file, function, imported module), each checked to still exist (test_no_stale_unexplained).
-UNEXPLAINED: Set[Tuple[str, str, str]] = {
-    # owned by the train23 branch, which comments its own imports
-    ("lmmixup/checkpoint.py", "load_checkpoint", "safetensors.torch"),
-    ("lmmixup/checkpoint.py", "save_checkpoint", "safetensors.torch"),
-    ("lmmixup/evaluate.py", "score_baselines", "lmmixup.rewards.embedder"),
-    ("train.py", "run", "tqdm"),
-    ("train.py", "run_sft", "lmmixup.sft"),
-    ("train.py", "run_sft", "tqdm"),
-    ("train.py", "save_final_model", "shutil"),
-    ("train.py", "save_final_model", "tempfile"),
-    # owned by the lead (distill.py's generation)
-}
+# Function-local imports allowed without their reason for a while (a branch still editing the
+# file): (file, function, imported module), each checked to still exist
+# (test_no_stale_unexplained). Empty since issue 23's branches merged.
+UNEXPLAINED: Set[Tuple[str, str, str]] = set()
 
 
 def comment_lines(source: str) -> Tuple[Set[int], Set[int]]:
