@@ -222,20 +222,45 @@ def test_each_pair_defect_on_a_real_cluster(task, instruction, output, defect):
     assert defect in pair_defects(task, instruction, output, REAL_MEMBERS[task])
 
 
-def test_an_answer_fewer_than_half_the_members_give_is_unsupported():
+def test_an_answer_without_a_strict_majority_of_the_members_is_unsupported():
     from lmmixup.distill.defects import pair_defects
 
     q = "When did Scotland last qualify for the World Cup?"
     split = [("When did scotland last that thing for world cup?", "1998"),
              ("WHEN DID SCOTLAND LAST QUALIFY FOR WORLD CUP?", "2002")]
-    # 1 of 2 members gives 1998: half is support; 1966 has none; no strict majority, so no
-    # answer_differs either way
-    assert pair_defects("qa", q, "1998", split) == []
+    agree = split + [("When did Scotland last qualify for the World Cup???", "1998")]
+    # 1 of 2 members gives 1998: a tie, which the pair cannot settle (2 * 1 <= 2); 1966 has no
+    # vote at all; no strict majority, so no answer_differs either way
+    assert pair_defects("qa", q, "1998", split) == ["answer_unsupported"]
     assert pair_defects("qa", q, "1966", split) == ["answer_unsupported"]
-    # qa answers are compared by their words: "In 1998." holds the member's "1998"
-    assert pair_defects("qa", q, "In 1998.", split) == []
+    # 2 of 3 give 1998: a strict majority (2 * 2 > 3); and 2002 now differs from it
+    assert pair_defects("qa", q, "1998", agree) == []
+    assert pair_defects("qa", q, "2002", agree) == ["answer_differs", "answer_unsupported"]
+    # a qa vote compares answer words: "In 1998." holds the member's "1998"
+    from lmmixup.distill.defects import vote
+    assert vote("1998", "In 1998.", "qa") is True and vote("1998", "In 1998.", "tfq") is False
     # para answers are rewritten by a merge: not checked
     assert "answer_unsupported" not in pair_defects("para", q, "It was 1966.", split)
+
+
+def test_a_cut_member_votes_only_by_what_it_shows():
+    """A real MIXTURE test cluster (sciq:85): one member's answer is cut to "the...". Its only
+    visible word is a stop word, so it casts no vote; before, its {"the"} was a subset of every
+    answer that starts with "the", and "the epicenter" got 2 of 3 votes and was kept."""
+    from lmmixup.distill.defects import pair_defects, vote
+
+    q = "What is the circular center of a hurricane better known as?"
+    members = [("What is the circular center of...", "the..."),
+               ("Can you tell me: what is the circular center of a hurricane better known as?",
+                "the eye"),
+               ("What is circular center of a hurricane better known", "the epicenter")]
+    assert vote("the...", "the epicenter", "qa") is None
+    # votes: "the eye" against, "the epicenter" for: a tie of 1 to 1 -> unsupported
+    assert "answer_unsupported" in pair_defects("qa", q, "the epicenter", members)
+    # a cut answer with a visible content word votes by it: "carbon..." for "carbon rings",
+    # against "acid rings"
+    assert vote("carbon...", "carbon rings", "qa") is True
+    assert vote("carbon...", "acid rings", "qa") is False
 
 
 def test_a_para_answer_taken_from_an_unrelated_member_is_elsewhere():

@@ -10,10 +10,17 @@ the gate trades recall for precision, since a kept pair goes into a training set
 
     answer_differs      a strict majority of the members agree on one answer (up to filler and
                         a typo) and the pair gives another
-    answer_unsupported  fewer than half of the members give the pair's answer (up to filler and
-                        a typo; for qa also when one side's answer words are all in the other):
-                        an answer from nowhere, or one side of a split the pair cannot settle.
-                        Not checked for para, whose free-text answers a merge rewrites
+    answer_unsupported  no strict majority of the members gives the pair's answer (up to filler
+                        and a typo; for qa also when one side's answer words are all in the
+                        other): an answer from nowhere, or one side of a split the pair cannot
+                        settle. A tie counts as a split: on MIXTURE's test pool with the 1-epoch
+                        SFT model, half support kept 5 wrong answers among 31 kept pairs, and a
+                        strict majority kept 2 among 27 (docs/LOG.md, 2026-12-06, fourth session).
+                        A member whose answer is cut ('...') votes by what it shows: for the
+                        pair when its visible content words are all in the pair's answer,
+                        against it otherwise, and not at all when it shows none ("the..." is no
+                        vote for "the epicenter"). Not checked for para, whose free-text
+                        answers a merge rewrites
     cut_off             the question or the answer ends in '...', or holds '…' (the prompt's
                         own mark for a member it clipped)
     misspelled          a word that is not English, found in no member spelled that way, but a
@@ -35,7 +42,7 @@ All are reference-free: distill.py knows the members, never the answer.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from lmmixup.data.content import content_stems, content_words, tokens
 from lmmixup.data.notes import DETECTORS, answers_agree, majority_answer, overlap
@@ -62,6 +69,18 @@ def supports(member_answer: str, answer: str, task: str) -> bool:
                                       or theirs <= set(tokens(answer)))
 
 
+def vote(member_answer: str, answer: str, task: str) -> Optional[bool]:
+    """A member's vote on the pair's answer: `supports`, except that an answer cut off at '...'
+    (or the prompt's clip mark) votes only by its visible content words; None: no vote."""
+    shown = member_answer.rstrip()
+    if not shown.endswith(("...", CLIP_MARK)):
+        return supports(member_answer, answer, task)
+    visible = content_words(shown.rstrip("." + CLIP_MARK))
+    if not visible:
+        return None  # "the...": every answer that starts with "the" would otherwise have its vote
+    return set(visible) <= set(tokens(answer))
+
+
 def pair_defects(task: str, instruction: str, output: str,
                  members: Sequence[Tuple[str, str]]) -> List[str]:
     """The PAIR_DEFECTS (module docstring) the parsed pair has, in that order; [] when clean.
@@ -72,7 +91,9 @@ def pair_defects(task: str, instruction: str, output: str,
     major = majority_answer(members)  # the members' vote, without the pair's
     if major is not None and not answers_agree(output, members[major][1]):
         found.append("answer_differs")
-    if task != "para" and 2 * sum(supports(a, output, task) for _, a in members) < k:
+    votes = [v for v in (vote(a, output, task) for _, a in members) if v is not None]
+    # a tie is a split the pair cannot settle; no vote at all: an answer from nowhere
+    if task != "para" and 2 * sum(votes) <= len(votes):
         found.append("answer_unsupported")
     if CLIP_MARK in instruction + output or DETECTORS["cut_off"](k, both):
         found.append("cut_off")
