@@ -47,8 +47,10 @@ class PipelineConfig:
     """MIXTURE folder; built with lmmixup.data.build_mixture if it has no manifest.json"""
     model: str = "embedded:smollm2-135m-instruct"
     """the base model: embedded:..., tiny, a hub id or a local folder"""
-    sft_steps: int = 30
-    """SFT optimizer steps (20 before bf16 training paid for more; README, "the main job")"""
+    sft_steps: int = 75
+    """SFT optimizer steps: 75 x 8 examples is one epoch of the default build's 597 SFT rows. It
+    beat 30 steps by R +0.057 [0.007, 0.114] (paired, 48 held-out rows) and made distill.py's
+    pool bars (docs/LOG.md, 2026-12-06, fourth session); 20 before bf16, 30 until then"""
     sft_examples_per_step: int = 8
     """SFT examples per optimizer step"""
     sft_lr: float = 5e-5
