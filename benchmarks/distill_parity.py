@@ -174,23 +174,33 @@ def score_run(run: Path, pool_file: Path, mixture: Path) -> Dict:
     }
 
 
-def score_freetext(run: Path) -> Dict:
+def freetext_rows(run: Path) -> List[Dict]:
+    """The run's generated rows: generated.jsonl, or a stopped run's finished shards (the
+    shortest prompts come first)."""
+    from lmmixup.data.jsonl import iter_jsonl
+
+    files = ([run / "generated.jsonl"] if (run / "generated.jsonl").is_file()
+             else sorted((run / ".work" / "generate").glob("shard_*.jsonl")))
+    return [g for f in files for _, g in iter_jsonl(f)]
+
+
+def score_freetext(run: Path, only: Optional[set] = None) -> Dict:
     """A distill run on a pool with no known seeds (ShareGPT): per cluster, the attempt the run
     kept. in_shape: the task's shape with both fields, degenerate or not; accepted: the run's
     own `ok`; echo: today's degenerate checks (lmmixup.distill.degenerate) on the answer block,
-    whatever code wrote the run, so an older run is counted by today's rules."""
+    whatever code wrote the run, so an older run is counted by today's rules. only: count just
+    these cluster ids (two runs over the same clusters, one of them stopped early)."""
     from lmmixup.data.jsonl import iter_jsonl
     from lmmixup.distill.degenerate import DEGENERATE_REASONS, degenerate_reason
     from lmmixup.rewards.answer import extract_answer
 
     rerated = {r["cluster_id"]: r for _, r in iter_jsonl(run / "rerated.jsonl")} \
         if (run / "rerated.jsonl").is_file() else {}
-    # a run stopped during generation: its finished shards (the shortest prompts come first)
     partial = not (run / "generated.jsonl").is_file()
-    files = sorted((run / ".work" / "generate").glob("shard_*.jsonl")) if partial \
-        else [run / "generated.jsonl"]
     items = []
-    for _, g in (row for f in files for row in iter_jsonl(f)):
+    for g in freetext_rows(run):
+        if only is not None and g["cluster_id"] not in only:
+            continue
         answer = extract_answer(g["completion"]) or ""
         reason = degenerate_reason(answer, g.get("instruction") or "", g.get("output") or "", [])
         items.append({"ok": bool(g["ok"]), "truncated": g["reason"] == "truncated",
@@ -340,10 +350,13 @@ def main(argv=None) -> int:
     c.add_argument("--run", required=True, action="append")
     d = sub.add_parser("freetext")
     d.add_argument("--run", required=True, action="append")
+    d.add_argument("--same-clusters-as", help="count only the clusters this (partial) run generated")
     args = p.parse_args(argv)
     if args.cmd == "freetext":
+        only = ({g["cluster_id"] for g in freetext_rows(Path(args.same_clusters_as))}
+                if args.same_clusters_as else None)
         for run in args.run:
-            print(json.dumps(score_freetext(Path(run)), indent=1))
+            print(json.dumps(score_freetext(Path(run), only), indent=1))
         return 0
     if args.cmd == "pool":
         rows = flatten(test_rows(Path(args.mixture), None), per_row_source=False)
