@@ -102,9 +102,9 @@ def test_end_to_end_on_real_sharegpt_rows_writes_every_stage_file(finished):
     assert [d["cluster_id"] for d in distilled] == [c["id"] for c in clusters]
     assert all(not d["ok"] and d["reason"] in ("no_answer", "truncated") and d["score"] is None
                and d["long_tail"] is None for d in distilled)  # the random model: kept, with reasons
-    # no pair of the random model ever passes: each cluster took 1 greedy + distill.retries (3)
+    # no pair of the random model ever passes: each cluster took 1 greedy + distill.retries (4)
     # rollouts; the resume test below checks that they rewrite the same bytes
-    assert all(d["attempts"] == 4 for d in distilled)
+    assert all(d["attempts"] == 5 for d in distilled)
     mix = [json.loads(line) for line in (finished / "mix.jsonl").read_text().splitlines()]
     assert len(mix) == 6 and all(m["origin"] == "original" and m["score"] >= 3.0 for m in mix)
     report = json.loads((finished / "report.json").read_text())
@@ -116,8 +116,8 @@ def test_end_to_end_on_real_sharegpt_rows_writes_every_stage_file(finished):
     assert sum(report["failures"].values()) == len(clusters)
     assert report["counts"]["generate"]["retried"] == len(clusters)
     assert report["counts"]["generate"]["passed_on_retry"] == 0
-    # every cluster failed each of the 4 attempts of the schedule
-    assert [sum(a.values()) for a in report["counts"]["generate"]["attempts"]] == [len(clusters)] * 4
+    # every cluster failed each of the 5 attempts of the schedule
+    assert [sum(a.values()) for a in report["counts"]["generate"]["attempts"]] == [len(clusters)] * 5
     assert all("passed" not in a for a in report["counts"]["generate"]["attempts"])
     assert set(report["seconds"]) >= {"normalize", "rate", "generate", "mix"}
 
