@@ -90,18 +90,6 @@ def load_configs(argv: Sequence[str]) -> Tuple[TrainConfig, HeadroomConfig]:
     return cfg, hcfg
 
 
-def concat(batches: List[RewardBatch]) -> RewardBatch:
-    """Sampling calls' batches, in order, as one (group order is kept: G rows per prompt)."""
-    truncated = None if any(b.truncated is None for b in batches) else \
-        [t for b in batches for t in b.truncated]
-    return RewardBatch(prompts=[x for b in batches for x in b.prompts],
-                       completions=[x for b in batches for x in b.completions],
-                       references=[x for b in batches for x in b.references],
-                       tasks=[x for b in batches for x in b.tasks],
-                       completion_tokens=[x for b in batches for x in b.completion_tokens],
-                       truncated=truncated)
-
-
 def sample_groups(policy: Policy, rows: List[PromptRow], n: int, per_call: int,
                   max_prompt_tokens: int, source: str) -> RewardBatch:
     """n completions of every row at the job's rollout settings: N = len(rows) * n texts."""
@@ -113,7 +101,7 @@ def sample_groups(policy: Policy, rows: List[PromptRow], n: int, per_call: int,
                                        source=source).texts)
         print(f"sampled {start + len(chunk)}/{len(rows)} prompts x {n} "
               f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
-    return concat(batches)
+    return RewardBatch.concat(batches)
 
 
 def as_table(values: List[Optional[float]], n: int) -> torch.Tensor:

@@ -35,5 +35,17 @@ class RewardBatch:
             truncated=None if self.truncated is None else [self.truncated[i] for i in indices],
         )
 
+    @staticmethod
+    def concat(parts: Sequence["RewardBatch"]) -> "RewardBatch":
+        """Parts, in order, as one batch (truncation flags kept only when every part has them):
+        GRPO's rollout rounds and every rank's share (sampling/rounds.py), headroom's calls."""
+        known = all(p.truncated is not None for p in parts)
+        return RewardBatch(prompts=[x for p in parts for x in p.prompts],
+                           completions=[x for p in parts for x in p.completions],
+                           references=[x for p in parts for x in p.references],
+                           tasks=[x for p in parts for x in p.tasks],
+                           completion_tokens=[x for p in parts for x in p.completion_tokens],
+                           truncated=[x for p in parts for x in p.truncated] if known else None)
+
 
 RewardFn = Callable[[RewardBatch], Sequence[float]]

@@ -44,16 +44,6 @@ class _Round(NamedTuple):
                       self.total[seq], {k: v[seq] for k, v in self.components.items()})
 
 
-def _concat_texts(parts: Sequence[RewardBatch]) -> RewardBatch:
-    known = all(p.truncated is not None for p in parts)
-    return RewardBatch(prompts=[x for p in parts for x in p.prompts],
-                       completions=[x for p in parts for x in p.completions],
-                       references=[x for p in parts for x in p.references],
-                       tasks=[x for p in parts for x in p.tasks],
-                       completion_tokens=[x for p in parts for x in p.completion_tokens],
-                       truncated=[x for p in parts for x in p.truncated] if known else None)
-
-
 @dataclass
 class ScoredBatch:
     """What one step trains on, after optional zero-signal group filtering, and what it sampled.
@@ -155,7 +145,7 @@ def join_scored(kept: Sequence, sampled: Sequence[Tuple[torch.Tensor, Dict[str, 
     return ScoredBatch(
         rollout=concat_rollouts([k.rollout for k in kept], pad_id) if len(kept) > 1 else kept[0].rollout,
         rows=[r for k in kept for r in k.rows],
-        texts=_concat_texts([k.texts for k in kept]),
+        texts=RewardBatch.concat([k.texts for k in kept]),
         total=torch.cat([k.total for k in kept]),  # (N',)
         components={name: torch.cat([k.components[name] for k in kept]) for name in names},
         sampled_total=torch.cat([total for total, _ in sampled]),  # (M,)
