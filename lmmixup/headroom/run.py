@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -73,21 +73,45 @@ class HeadroomConfig:
         require(self.n_boot >= 100, "n_boot", f"must be >= 100, got {self.n_boot}")
 
 
-OWN_KEYS = {f.name for f in dataclasses.fields(HeadroomConfig)}
-
-
-def load_configs(argv: Sequence[str]) -> Tuple[TrainConfig, HeadroomConfig]:
-    """The command line -> (train.py's config, headroom's); a problem is one `error:` line."""
-    own = [a for a in argv if a.partition("=")[0] in OWN_KEYS]
-    overrides = [a for a in argv if a.partition("=")[0] not in OWN_KEYS]
-    hcfg = parse_key_values(HeadroomConfig, own)
+def load_configs(argv: Sequence[str], own_cls=HeadroomConfig, needs: str = "data.eval_file",
+                 what: str = "the held-out prompt rows") -> Tuple[TrainConfig, Any]:
+    """The command line -> (train.py's config, the command's own `own_cls`); a problem is one
+    `error:` line. `needs`: the data key holding `what`, the rows it samples (must be set)."""
+    own_keys = {f.name for f in dataclasses.fields(own_cls)}
+    own = [a for a in argv if a.partition("=")[0] in own_keys]
+    overrides = [a for a in argv if a.partition("=")[0] not in own_keys]
+    ocfg = parse_key_values(own_cls, own)
     precheck_overrides(overrides, CONF, "config", register_configs)  # exits with one line
     # Hydra's compose API, as lmmixup.pipeline: no Hydra run folder or log, only `out`
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = to_train_config(compose("config", overrides=overrides))
-    require(bool(cfg.data.eval_file), "data.eval_file",
-            "name the held-out prompt rows to sample (a JSONL file), e.g. data=mixture")
-    return cfg, hcfg
+    require(bool(getattr(cfg.data, needs.split(".")[1])), needs,
+            f"name {what} to sample (a JSONL file), e.g. data=mixture")
+    return cfg, ocfg
+
+
+def build_policy(cfg: TrainConfig, rows: List[PromptRow], source: str) -> Tuple[Policy, str]:
+    """The model and sampler as train.py builds them (precision.rollout; auto is measured), after
+    checking the rows fit data.max_prompt_tokens -> (policy, the precision described)."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # the tiny random model's weights and the samples
+    tokenizer = load_tokenizer(cfg.model)
+    check_prompt_lengths(tokenizer, rows, cfg.data.max_prompt_tokens, source)
+    model = load_model(cfg.model, tokenizer).to(device)
+    prec = run_precision(cfg.precision, device, cfg.rollout.engine,
+                         cfg.rollout.engine in RECORDS_LOGPROBS, cfg.algo.rollout_is,
+                         next(model.parameters()).dtype)
+    print(describe(cfg.precision, prec, device), flush=True)
+    return Policy.build(model, tokenizer, device, cfg.rollout, dtype=prec.rollout), NAMES[prec.rollout]
+
+
+def raw_reward(cfg: TrainConfig):
+    """(reward config, reward functions) of R as GRPO's advantage sees it before any scaling."""
+    # R is the raw mix sum_i w_i * r_i: group normalisation would rescale every group to mean 0,
+    # and the trivial variants of one answer are not a group. With reward.normalize_per_group
+    # false (every shipped preset) this is exactly the R that GRPO's advantage is built from.
+    reward_cfg = dataclasses.replace(cfg.reward, normalize_per_group=False)
+    return reward_cfg, build_rewards(reward_cfg)
 
 
 def sample_groups(policy: Policy, rows: List[PromptRow], n: int, per_call: int,
@@ -118,6 +142,21 @@ def variant_batch(texts: RewardBatch, chosen: List[int]) -> Tuple[RewardBatch, i
     return dataclasses.replace(repeated, completions=[v for vs in per_prompt for v in vs]), V
 
 
+def score_groups(reward_fns, reward_cfg, texts: RewardBatch,
+                 n: int) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """N = P * n sampled texts -> (reward name -> (P, n) scores, R under TOTAL; best (P,), the
+    index of each group's best by R; (P, V) R of each best answer and its trivial variants)."""
+    result = compute_rewards(reward_fns, reward_cfg, texts, n)
+    P = len(texts.completions) // n
+    scores: Dict[str, torch.Tensor] = {TOTAL: result.total.view(P, n)}  # (P, n) each
+    scores.update({name: v.view(P, n) for name, v in result.components.items()})
+    best = best_of_n(scores[TOTAL])  # (P,)
+    chosen = [p * n + int(b) for p, b in enumerate(best)]  # (P,) rows of `texts`
+    vbatch, V = variant_batch(texts, chosen)
+    versions_R = compute_rewards(reward_fns, reward_cfg, vbatch, V).total.view(P, V)  # (P, V)
+    return scores, best, versions_R
+
+
 def default_out() -> Path:
     return Path("runs") / "headroom" / time.strftime("%Y-%m-%d_%H-%M-%S")
 
@@ -127,35 +166,14 @@ def run(cfg: TrainConfig, hcfg: HeadroomConfig) -> Path:
     if len(rows) < hcfg.rows:
         print(f"{cfg.data.eval_file} has {len(rows)} rows: rows={hcfg.rows} measures all of them",
               file=sys.stderr)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)  # the tiny random model's weights and the samples
-    tokenizer = load_tokenizer(cfg.model)
-    check_prompt_lengths(tokenizer, rows, cfg.data.max_prompt_tokens, cfg.data.eval_file)
-    model = load_model(cfg.model, tokenizer).to(device)
-    # the sampler's precision as train.py resolves it (precision.rollout; auto is measured)
-    prec = run_precision(cfg.precision, device, cfg.rollout.engine,
-                         cfg.rollout.engine in RECORDS_LOGPROBS, cfg.algo.rollout_is,
-                         next(model.parameters()).dtype)
-    policy = Policy.build(model, tokenizer, device, cfg.rollout, dtype=prec.rollout)
-    # R is the raw mix sum_i w_i * r_i: group normalisation would rescale every group to mean 0,
-    # and the trivial variants of one answer are not a group. With reward.normalize_per_group
-    # false (every shipped preset) this is exactly the R that GRPO's advantage is built from.
-    reward_cfg = dataclasses.replace(cfg.reward, normalize_per_group=False)
-    reward_fns = build_rewards(reward_cfg)
+    policy, precision = build_policy(cfg, rows, cfg.data.eval_file)
+    reward_cfg, reward_fns = raw_reward(cfg)
     out = Path(hcfg.out) if hcfg.out else default_out()
-    print(describe(cfg.precision, prec, device), flush=True)
 
     n, P = hcfg.n, len(rows)
     texts = sample_groups(policy, rows, n, hcfg.prompts_per_call, cfg.data.max_prompt_tokens,
                           cfg.data.eval_file)  # N = P * n
-    result = compute_rewards(reward_fns, reward_cfg, texts, n)
-    scores: Dict[str, torch.Tensor] = {TOTAL: result.total.view(P, n)}  # (P, n) each
-    scores.update({name: v.view(P, n) for name, v in result.components.items()})
-    best = best_of_n(scores[TOTAL])  # (P,)
-    chosen = [p * n + int(b) for p, b in enumerate(best)]  # (P,) rows of `texts`
-
-    vbatch, V = variant_batch(texts, chosen)
-    versions_R = compute_rewards(reward_fns, reward_cfg, vbatch, V).total.view(P, V)  # (P, V)
+    scores, best, versions_R = score_groups(reward_fns, reward_cfg, texts, n)
 
     def embed(batch_texts):  # the alignment reward's embedder, loaded only if an answer exists
         return get_embedder(cfg.reward.embedder).encode(batch_texts)
@@ -170,11 +188,11 @@ def run(cfg: TrainConfig, hcfg: HeadroomConfig) -> Path:
     r = cfg.rollout
     header = (f"model `{cfg.model.name_or_path}`; {P} prompts of `{cfg.data.eval_file}` x n = {n} "
               f"samples at temperature {r.temperature} (top_p {r.top_p}, top_k {r.top_k}, "
-              f"max_new_tokens {r.max_new_tokens}, {NAMES[prec.rollout]}); R = {weights}. "
+              f"max_new_tokens {r.max_new_tokens}, {precision}); R = {weights}. "
               f"95% bootstrap CIs over prompts.")
     record = {"model": cfg.model.name_or_path, "eval_file": cfg.data.eval_file, "rows": P, "n": n,
               "seed": cfg.seed, "rollout": dataclasses.asdict(r),
-              "rollout_precision": NAMES[prec.rollout], "weights": dict(reward_cfg.weights),
+              "rollout_precision": precision, "weights": dict(reward_cfg.weights),
               **summary}
     table = markdown(summary, header)
     atomic_write_jsonl(out / "samples.jsonl", sample_rows(rows, texts, scores, checks, best))
