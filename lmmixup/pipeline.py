@@ -1,7 +1,9 @@
-"""The paper's pipeline at small scale: MIXTURE -> base eval -> SFT -> GRPO -> table with CIs.
+"""The paper's pipeline at small scale: MIXTURE -> base eval -> SFT -> [RAFT] -> GRPO ->
+[the validation-chosen GRPO step on test] -> table with CIs.
 
     python -m lmmixup.pipeline                      # `make train`: defaults sized for a 2-core CPU
     python -m lmmixup.pipeline experiment=distill_small        # conf/pipeline/experiment/: ~2 h
+    python -m lmmixup.pipeline experiment=decide               # + RAFT, validation, 137 rows
     python -m lmmixup.pipeline grpo_steps=50 model=Qwen/Qwen2.5-1.5B-Instruct out=runs/qwen
 
 Configured like train.py: conf/pipeline/pipeline.yaml is the root, `PipelineConfig` below its
