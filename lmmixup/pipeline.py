@@ -235,7 +235,7 @@ def stage_overrides(cfg: PipelineConfig) -> Dict[str, List[str]]:
         *cfg.overrides,
     ]
     on_test = [f"data.eval_file={mixture / 'grpo_test.jsonl'}", f"eval_max_rows={cfg.eval_rows}"]
-    sft_model = Path(cfg.sft_model).resolve() if cfg.sft_model else (out / "sft" / "model").resolve()
+    sft_model = sft_model_dir(cfg)
     stages = ({"base": [*common, *on_test, f"model.name_or_path={cfg.model}", "stage=eval"]}
               if cfg.eval_base else {})
     fine_tune = [f"sft.examples_per_step={cfg.sft_examples_per_step}", "optim.warmup_frac=0.05",
@@ -265,6 +265,12 @@ def stage_overrides(cfg: PipelineConfig) -> Dict[str, List[str]]:
         "algo=paper", f"steps={cfg.grpo_steps}", f"prompts_per_step={cfg.grpo_prompts_per_step}",
         f"optim.lr={cfg.grpo_lr}", "micro_batch_size=8", *cfg.grpo_overrides]
     return stages
+
+
+def sft_model_dir(cfg: PipelineConfig) -> Path:
+    """The SFT model RAFT and GRPO start from: sft_model, or the SFT stage's own (absolute)."""
+    folder = Path(cfg.sft_model) if cfg.sft_model else Path(cfg.out) / "sft" / "model"
+    return folder.resolve()
 
 
 def grpo_train_file(cfg: PipelineConfig) -> Path:
@@ -299,10 +305,9 @@ def chosen_model(cfg: PipelineConfig, grpo_dir: Path) -> Tuple[int, Path]:
         weights = grpo_dir / "checkpoints" / f"step_{best:06d}" / "hf"
         require(weights.is_dir(), "val_every",
                 f"{weights} is missing: the checkpoint of the chosen step was not kept")
-        sft_model = Path(cfg.sft_model) if cfg.sft_model else Path(cfg.out) / "sft" / "model"
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-chosen-", dir=grpo_dir))
         shutil.copytree(weights, tmp, dirs_exist_ok=True)
-        for f in sft_model.iterdir():  # tokenizer files and chat template: what hf/ lacks
+        for f in sft_model_dir(cfg).iterdir():  # tokenizer files and chat template: what hf/ lacks
             if f.is_file() and not (tmp / f.name).exists():
                 shutil.copy2(f, tmp / f.name)
         os.rename(tmp, dst)
@@ -314,8 +319,7 @@ def run_raft_sampling(cfg: PipelineConfig) -> None:
     scored by the reward GRPO trains on (common and GRPO overrides), and keep each prompt's best
     where it clears the noise (lmmixup/raft)."""
     out = Path(cfg.out)
-    sft_model = Path(cfg.sft_model).resolve() if cfg.sft_model else (out / "sft" / "model").resolve()
-    cmd = [sys.executable, "-m", "lmmixup.raft", f"model.name_or_path={sft_model}",
+    cmd = [sys.executable, "-m", "lmmixup.raft", f"model.name_or_path={sft_model_dir(cfg)}",
            "data=mixture", "reward=paper", f"data.rated_file={Path(cfg.mixture) / 'rated.jsonl'}",
            f"data.train_file={grpo_train_file(cfg)}",
            f"rollout.max_new_tokens={cfg.max_new_tokens}", "algo=paper",

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from lmmixup.data.build_mixture import build_mixture, parse_args
-from lmmixup.data.validation import carve_validation, read_objects, write_validation_split
+from lmmixup.data.jsonl import read_jsonl
+from lmmixup.data.validation import carve_validation, write_validation_split
 from lmmixup.errors import LmmixupError
 
 
@@ -26,10 +27,10 @@ def seeds(rows):
 
 
 def test_validation_is_disjoint_from_test_and_from_training_by_seed(mixture, tmp_path):
-    train = read_objects(mixture / "grpo_train.jsonl")
-    test = read_objects(mixture / "grpo_test.jsonl")
+    train = read_jsonl(mixture / "grpo_train.jsonl")
+    test = read_jsonl(mixture / "grpo_test.jsonl")
     fit_path, val_path = write_validation_split(mixture / "grpo_train.jsonl", tmp_path, 4, seed=0)
-    fit, val = read_objects(fit_path), read_objects(val_path)
+    fit, val = read_jsonl(fit_path), read_jsonl(val_path)
     assert len(val) >= 4 and len(fit) + len(val) == len(train)
     assert not seeds(val) & seeds(test)  # never the test rows' seeds
     assert not seeds(val) & seeds(fit)  # whole seeds: no degraded twin of a training cluster

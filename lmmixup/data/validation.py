@@ -10,27 +10,13 @@ seed with grpo_test either (tests/test_validation_split.py checks both on the re
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from lmmixup.data.jsonl import atomic_write_jsonl
+from lmmixup.data.jsonl import atomic_write_jsonl, read_jsonl
 from lmmixup.data.schema import rng_for
 from lmmixup.errors import LmmixupError
-
-
-def read_objects(path: Path) -> List[dict]:
-    """The JSON objects of a JSONL file, in order; a broken line is one error naming it."""
-    objects = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            objects.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise LmmixupError(f"{path}:{i}: not JSON ({exc.msg})") from None
-    return objects
 
 
 def carve_validation(rows: List[dict], n_rows: int, seed: int,
@@ -64,7 +50,7 @@ def write_validation_split(train_file: Path, out_dir: Path, n_rows: int,
                            seed: int) -> Tuple[Path, Path]:
     """train_file -> out_dir/fit.jsonl and out_dir/val.jsonl (atomic; rewritten identically on a
     re-run, so a resumed pipeline trains on the same rows)."""
-    fit, val = carve_validation(read_objects(train_file), n_rows, seed, str(train_file))
+    fit, val = carve_validation(read_jsonl(train_file), n_rows, seed, str(train_file))
     fit_path, val_path = Path(out_dir) / "fit.jsonl", Path(out_dir) / "val.jsonl"
     atomic_write_jsonl(fit_path, fit)
     atomic_write_jsonl(val_path, val)

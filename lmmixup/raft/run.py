@@ -28,12 +28,12 @@ from typing import List, Optional, Sequence
 
 from lmmixup.cli import report_errors
 from lmmixup.config import TrainConfig
-from lmmixup.data.jsonl import atomic_write_jsonl, atomic_write_text
+from lmmixup.data.jsonl import atomic_write_jsonl, atomic_write_text, iter_jsonl
 from lmmixup.data.prompts import PromptSampler, load_rows
-from lmmixup.data.validation import read_objects
 from lmmixup.errors import require
 from lmmixup.headroom.report import TOTAL
-from lmmixup.headroom.run import build_policy, load_configs, raw_reward, sample_groups, score_groups
+from lmmixup.headroom.run import (build_policy, load_configs, raw_reward, sample_groups,
+                                  sample_rows, score_groups)
 from lmmixup.raft.select import raft_select
 
 
@@ -57,9 +57,7 @@ class RaftConfig:
 def run(cfg: TrainConfig, rcfg: RaftConfig) -> Path:
     source = cfg.data.train_file
     rows = load_rows(source)  # a bad file fails before the model loads
-    objects = {i: obj for i, obj in enumerate(read_objects(source))}  # row order = load order
-    require(len(objects) == len(rows), "data.train_file", f"{source}: rows and objects differ")
-    index_of = {row.line: i for i, row in enumerate(rows)}
+    objects = dict(iter_jsonl(source))  # 1-based line -> the row's object, as PromptRow.line
     rows = PromptSampler(rows, cfg.data.shuffle_seed).next_batch(min(rcfg.prompts, len(rows)))
     policy, precision = build_policy(cfg, rows, source)
     reward_cfg, reward_fns = raw_reward(cfg)
@@ -68,19 +66,14 @@ def run(cfg: TrainConfig, rcfg: RaftConfig) -> Path:
     n, P = rcfg.n, len(rows)
     texts = sample_groups(policy, rows, n, rcfg.prompts_per_call, cfg.data.max_prompt_tokens,
                           source)  # N = P * n
-    scores, best, versions_R = score_groups(reward_fns, reward_cfg, texts, n)
-    sel = raft_select(scores[TOTAL], versions_R)  # best and keep: (P,)
+    scores, _, versions_R = score_groups(reward_fns, reward_cfg, texts, n)
+    sel = raft_select(scores[TOTAL], versions_R)  # best and keep: (P,), the same best of n
 
-    kept_rows, samples = [], []
-    for p, row in enumerate(rows):
-        chosen = p * n + int(sel.best[p])
-        if sel.keep[p]:
-            kept_rows.append({**objects[index_of[row.line]], "target": texts.completions[chosen]})
-        for s in range(n):
-            samples.append({"line": row.line, "sample": s, "best": s == int(sel.best[p]),
-                            "kept": bool(sel.keep[p]) and s == int(sel.best[p]),
-                            "completion": texts.completions[p * n + s],
-                            **{k: round(v[p, s].item(), 6) for k, v in scores.items()}})
+    kept_rows = [{**objects[row.line], "target": texts.completions[p * n + int(sel.best[p])]}
+                 for p, row in enumerate(rows) if sel.keep[p]]
+    samples = sample_rows(rows, texts, scores, {}, sel.best)  # headroom's samples.jsonl rows
+    for i, sample in enumerate(samples):  # group order: sample i is of prompt i // n
+        sample["kept"] = sample["best"] and bool(sel.keep[i // n])
     kept = int(sel.keep.sum())
     summary = {"model": cfg.model.name_or_path, "train_file": source, "prompts": P, "n": n,
                "completions_sampled": P * n, "kept": kept, "kept_frac": kept / P,
