@@ -3,11 +3,17 @@ effect a comparison at this n could detect before any pair exists, and the wall 
 
     python -m benchmarks.ref_nll_base [--model embedded:smollm2-135m-instruct] [--limit 100]
                                       [--batch-size 4] [--out scores.json]
+                                      [--against DOWNSTREAM_OUT ...]
 
 The number a downstream run's `ref_nll_alpaca` column starts from (the base model, before any
 fine-tuning), and the power figure lmmixup/downstream/report.py prints when no pair exists yet
 (stats.unpaired_difference_half_width, about 1.96 sqrt(2) s / sqrt(n)). It shrinks like
 1/sqrt(n), so the figure for all 805 examples is printed beside it as that extrapolation.
+
+`--against` takes `python -m lmmixup.downstream` out= folders and prints, for each fine-tuned
+set there, set - base with its paired 95% CI over the examples both scored: whether fine-tuning
+on a set moved the model at all, and which way (negative = the set predicts the references
+better than the base model).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -31,7 +38,13 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=100, help="the first N of the 805 examples")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", default="", help="write the per-example scores here (JSON)")
+    p.add_argument("--against", action="append", default=[],
+                   help="a downstream out= folder: print each set's paired delta against the base")
     args = p.parse_args(argv)
+    runs = [Path(d) for d in args.against]
+    for run in runs:  # a typo fails now, not after minutes of scoring
+        if not (run / "scores").is_dir():
+            p.error(f"--against {run}: no scores/ folder (a python -m lmmixup.downstream out=)")
 
     cfg = ModelConfig(name_or_path=args.model, dtype="float32")
     tokenizer = load_tokenizer(cfg)
@@ -53,7 +66,26 @@ def main(argv=None) -> int:
           f"({seconds / ci.n:.2f} s per example)")
     if args.out:
         atomic_write_text(args.out, json.dumps(scores.to_json()) + "\n")
+    for run in runs:
+        for label, ci in deltas_against_base(scores, run):
+            print(f"{label} - base: {ci.estimate:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}] "
+                  f"over {ci.n} paired examples")
     return 0
+
+
+def deltas_against_base(base, run):
+    """[(run/set, Interval of set - base)] for every set of a downstream out= folder that
+    scored ref_nll_alpaca, paired on doc ids (lmmixup/downstream/report.py: paired_delta)."""
+    from lmmixup.downstream.report import paired_delta
+    from lmmixup.eval.harness import BenchmarkScores
+
+    out = []
+    for path in sorted(run.glob("scores/*/ref_nll_alpaca.json")):
+        fine_tuned = BenchmarkScores.from_json(json.loads(path.read_text())["scores"])
+        ci = paired_delta(fine_tuned, base, n_boot=10_000, seed=0)
+        if ci is not None:
+            out.append((f"{run.name}/{path.parent.name}", ci))
+    return out
 
 
 if __name__ == "__main__":

@@ -151,9 +151,16 @@ def test_power_and_sign_on_hand_cases():
     assert power["arc_easy"].source == ("0/1 floor: 3 of 4 examples flipping one way; the "
                                         "bootstrap estimate ~ 1.96 sqrt(2) s / sqrt(n) gives 0.000")
     # Lower is better, and a delta in its favour, in plain sight.
-    md = results_markdown(score_rows(scores, 1000, 0), deltas, list(power.values()), 4, {}, {},
-                          "steps")
-    assert "| ref_nll_alpaca (lower is better) |" in md.splitlines()[6]  # the score table's header
+    from lmmixup.downstream.cost import TrainingCost
+
+    # Each set's cost beside its scores: 12.6 s prints as 13, 1234 tokens as 1,234; a set with
+    # no record prints dashes.
+    md = results_markdown(score_rows(scores, 1000, 0), deltas, list(power.values()), 4, {},
+                          {"full": TrainingCost(steps=2, seconds=12.6, target_tokens=1234)}, "steps")
+    header = md.splitlines()[6]  # the score table's header
+    assert header.startswith("| set | rows | steps | train s | target tokens | ref_nll_alpaca (lower is better) |")
+    assert md.splitlines()[8].startswith("| full |  | 2 | 13 | 1,234 | 2.750 [")
+    assert md.splitlines()[9].startswith("| mix |  | - | - | - | 2.500 [")
     assert "| mix - full | ref_nll_alpaca (lower is better) | -0.250 | [-0.500, +0.000] | no (noise) | neither |" in md
     assert "| mix - full | hellaswag | -1.000 | [-1.000, -1.000] | yes | full |" in md
     assert "| ref_nll_alpaca (lower is better) | 4 | 0.250 | paired CI half-width (widest of 1 pair) |" in md
@@ -176,6 +183,49 @@ def test_power_and_sign_on_hand_cases():
     assert power_rows(flat, [], n_boot=100, seed=0)[0].detectable is None
 
 
+def test_ref_nll_base_pairs_each_fine_tuned_set_with_the_base_by_doc_id(tmp_path):
+    from benchmarks.ref_nll_base import deltas_against_base
+    from lmmixup.eval.harness import BenchmarkScores
+
+    # The base scores docs 0, 1, 2 as 0.5, 0.6, 0.7; the mix run lists them backwards,
+    # 2, 1, 0 -> 0.6, 0.5, 0.4, so by id mix - base = -0.1 on each (by position it would be
+    # +0.1, 0, -0.3). A set with no ref_nll_alpaca scores is not listed.
+    base = BenchmarkScores("ref_nll_alpaca", [0, 1, 2], [0.5, 0.6, 0.7], 0.6)
+    run = tmp_path / "S"
+    (run / "scores" / "mix").mkdir(parents=True)
+    (run / "scores" / "full").mkdir(parents=True)
+    mix = BenchmarkScores("ref_nll_alpaca", [2, 1, 0], [0.6, 0.5, 0.4], 0.5)
+    (run / "scores" / "mix" / "ref_nll_alpaca.json").write_text(json.dumps({"scores": mix.to_json()}))
+    (run / "scores" / "full" / "arc_easy.json").write_text("{}")
+    [(label, ci)] = deltas_against_base(base, run)
+    assert label == "S/mix" and ci.n == 3
+    assert (ci.estimate, ci.low, ci.high) == pytest.approx((-0.1, -0.1, -0.1))
+
+
+def test_training_cost_counts_each_step_once(tmp_path):
+    from lmmixup.downstream.cost import TrainingCost, training_cost
+
+    # Step 2 was logged, the run stopped and resumed, and step 2 ran again: its last record
+    # counts. An evaluation line carries no SFT keys and is not a step.
+    # seconds = 1.5 + 3.0 = 4.5; target tokens = 100 + 60 = 160.
+    metrics = tmp_path / "metrics.jsonl"
+    write_jsonl(metrics, [
+        {"step": 1, "sft/loss": 2.0, "sft/target_tokens": 100, "time/step_s": 1.5},
+        {"step": 2, "sft/loss": 1.9, "sft/target_tokens": 50, "time/step_s": 2.5},
+        {"step": 2, "sft/loss": 1.9, "sft/target_tokens": 60, "time/step_s": 3.0},
+        {"step": 2, "eval/loss": 1.8},
+    ])
+    assert training_cost(metrics) == TrainingCost(steps=2, seconds=4.5, target_tokens=160)
+    write_jsonl(metrics, [{"step": 1, "sft/target_tokens": 100}])
+    with pytest.raises(LmmixupError) as e:
+        training_cost(metrics)
+    assert str(e.value) == (f"{metrics}:1: an SFT step record needs step, time/step_s and "
+                            "sft/target_tokens ('time/step_s')")
+    write_jsonl(metrics, [{"step": 1, "eval/loss": 1.8}])
+    with pytest.raises(LmmixupError, match="no SFT step recorded"):
+        training_cost(metrics)
+
+
 def downstream(*args, env=None):
     return subprocess.run([sys.executable, "-m", "lmmixup.downstream", *args], cwd=ROOT,
                           capture_output=True, text=True,
@@ -187,7 +237,13 @@ def test_smoke_run_writes_results_then_resume_skips_everything(distilled, tmp_pa
     first = downstream("experiment=smoke", f"distilled={distilled}", f"out={out}")
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"rows", "deltas", "power"}
+    assert set(results) == {"rows", "deltas", "power", "cost"}
+    for name in ("full", "mix"):  # the cost is what train.py logged, summed
+        logged = [json.loads(line) for line in
+                  (out / "train" / name / "metrics.jsonl").read_text().splitlines()]
+        assert results["cost"][name] == {
+            "steps": 2, "seconds": sum(r["time/step_s"] for r in logged),
+            "target_tokens": sum(r["sft/target_tokens"] for r in logged)}
     benches = ["arc_easy", "gsm8k", "ref_nll_alpaca"]
     assert [(r["set"], r["benchmark"]) for r in results["rows"]] == [
         (s, b) for s in ("full", "mix") for b in benches]

@@ -1,8 +1,9 @@
 """results.json, results.md and scores.png from per-example scores: every score with its 95%
 percentile-bootstrap CI, every comparison (d) mix - (a|b|c) with a paired one over the same
-examples, and each benchmark's power: the smallest effect its n can detect
-(lmmixup/eval/stats.py). A benchmark where lower is better (ref_nll_alpaca) says so in its
-column, and every delta names the set it favours, so no reader has to flip a sign."""
+examples, each benchmark's power: the smallest effect its n can detect
+(lmmixup/eval/stats.py), and what fine-tuning on each set cost (lmmixup/downstream/cost.py).
+A benchmark where lower is better (ref_nll_alpaca) says so in its column, and every delta
+names the set it favours, so no reader has to flip a sign."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from lmmixup.data.jsonl import atomic_write_bytes, atomic_write_text
+from lmmixup.downstream.cost import TrainingCost
 from lmmixup.eval.harness import BENCHMARKS, BenchmarkScores
 from lmmixup.eval.stats import (Interval, binary_paired_floor, bootstrap_mean_ci, excludes_zero,
                                 half_width, paired_bootstrap_ci, unpaired_difference_half_width)
@@ -74,19 +76,25 @@ def delta_rows(scores: Dict[str, Dict[str, BenchmarkScores]], n_boot: int, seed:
             continue
         for bench, ours in scores[OURS].items():
             theirs = scores[other].get(bench)
-            if theirs is None:
+            ci = paired_delta(ours, theirs, n_boot, seed) if theirs is not None else None
+            if ci is None:
                 continue
-            mine = dict(zip(ours.doc_ids, ours.scores))
-            shared = [d for d in theirs.doc_ids if d in mine]
-            if not shared:
-                continue
-            other_by_id = dict(zip(theirs.doc_ids, theirs.scores))
-            a = [mine[d] for d in shared]  # (n,)
-            b = [other_by_id[d] for d in shared]  # (n,)
-            ci = paired_bootstrap_ci(a, b, n_boot=n_boot, seed=seed)
             deltas.append(Delta(OURS, other, bench, ci.estimate, ci.low, ci.high,
                                 favoured(ci, OURS, other, BENCHMARKS[bench].higher_is_better)))
     return deltas
+
+
+def paired_delta(a: BenchmarkScores, b: BenchmarkScores, n_boot: int, seed: int) -> Optional[Interval]:
+    """a - b over the examples both scored, paired on lm-eval's doc ids (never on position:
+    two runs may list them in different orders); None when they share none."""
+    by_id = dict(zip(a.doc_ids, a.scores))
+    shared = [d for d in b.doc_ids if d in by_id]
+    if not shared:
+        return None
+    b_by_id = dict(zip(b.doc_ids, b.scores))
+    return paired_bootstrap_ci([by_id[d] for d in shared],  # (n,)
+                               [b_by_id[d] for d in shared],  # (n,)
+                               n_boot=n_boot, seed=seed)
 
 
 def favoured(ci: Interval, a: str, b: str, higher_is_better: bool) -> str:
@@ -140,9 +148,11 @@ def power_rows(scores: Dict[str, Dict[str, BenchmarkScores]], deltas: List[Delta
     return out
 
 
-def results_json(rows: List[Row], deltas: List[Delta], power: List[Power]) -> str:
+def results_json(rows: List[Row], deltas: List[Delta], power: List[Power],
+                 costs: Dict[str, TrainingCost]) -> str:
     return json.dumps({"rows": [asdict(r) for r in rows], "deltas": [asdict(d) for d in deltas],
-                       "power": [asdict(p) for p in power]}, indent=2) + "\n"
+                       "power": [asdict(p) for p in power],
+                       "cost": {name: asdict(c) for name, c in costs.items()}}, indent=2) + "\n"
 
 
 def decimals(width: float) -> int:
@@ -158,7 +168,7 @@ def _column(bench: str) -> str:
 
 
 def results_markdown(rows: List[Row], deltas: List[Delta], power: List[Power], limit,
-                     notes: Dict[str, str], steps: Dict[str, int], budget: str) -> str:
+                     notes: Dict[str, str], costs: Dict[str, TrainingCost], budget: str) -> str:
     sets = list(dict.fromkeys(r.set for r in rows))
     benches = list(dict.fromkeys(r.benchmark for r in rows))
     cell = {(r.set, r.benchmark): r for r in rows}
@@ -172,17 +182,21 @@ def results_markdown(rows: List[Row], deltas: List[Delta], power: List[Power], l
              "a score of 0 or 1 on every example gives a zero-width bootstrap CI, which is not "
              "certainty). A difference inside that is noise: read the paired deltas below, not "
              "the gap between two rows.", "",
-             "| set | rows | steps | " + " | ".join(_column(b) for b in benches) + " |",
-             "|---|---|---|" + "---|" * len(benches)]
+             "| set | rows | steps | train s | target tokens | "
+             + " | ".join(_column(b) for b in benches) + " |",
+             "|---|---|---|---|---|" + "---|" * len(benches)]
     for s in sets:
         values = []
         for b in benches:
             r = cell.get((s, b))
             values.append(f"{r.score:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" if r else "-")
-        lines.append(f"| {s} | {notes.get(s + ':rows', '')} | {steps.get(s, '')} | "
-                     + " | ".join(values) + " |")
+        c = costs.get(s)
+        cost = f"{c.steps} | {c.seconds:.0f} | {c.target_tokens:,}" if c else "- | - | -"
+        lines.append(f"| {s} | {notes.get(s + ':rows', '')} | {cost} | " + " | ".join(values) + " |")
     lines += ["", f"Fine-tuning budget: `train.budget={budget}` (the same "
-              f"{'epochs' if budget == 'epochs' else 'optimizer steps'} for every set)."]
+              f"{'epochs' if budget == 'epochs' else 'optimizer steps'} for every set). "
+              "`train s` sums train.py's optimizer-step times (not loading or saving); "
+              "`target tokens` are the response tokens the loss was taken on."]
     for s in sets:
         if notes.get(s):
             lines.append(f"- `{s}`: {notes[s]}")
@@ -262,12 +276,12 @@ def scores_png(rows: List[Row], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def write_report(out: Path, scores, n_boot: int, seed: int, limit, notes, steps, budget) -> List[Row]:
+def write_report(out: Path, scores, n_boot: int, seed: int, limit, notes, costs, budget) -> List[Row]:
     rows = score_rows(scores, n_boot, seed)
     deltas = delta_rows(scores, n_boot, seed)
     power = power_rows(scores, deltas, n_boot, seed)
-    atomic_write_text(out / "results.json", results_json(rows, deltas, power))
-    text = results_markdown(rows, deltas, power, limit, notes, steps, budget)
+    atomic_write_text(out / "results.json", results_json(rows, deltas, power, costs))
+    text = results_markdown(rows, deltas, power, limit, notes, costs, budget)
     atomic_write_text(out / "results.md", text)
     scores_png(rows, out / "scores.png")
     return rows

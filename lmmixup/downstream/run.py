@@ -6,7 +6,8 @@ SFT code, score every fine-tuned model with lm-eval, and report CIs and paired d
                                         adapter/ (LoRA) and model/ (merged, a save_pretrained
                                         folder usable as model.name_or_path)
     <out>/scores/<set>/<benchmark>.json per-example lm-eval scores
-    <out>/results.{json,md}, scores.png
+    <out>/results.{json,md}, scores.png   scores, paired deltas, power, and each set's cost
+                                        (steps, seconds, target tokens)
 
 Choices, and why:
   * Fine-tuning is a `train.py stage=sft` subprocess per set (as lmmixup.pipeline runs its
@@ -34,6 +35,7 @@ from typing import Dict, List
 from lmmixup.data.jsonl import atomic_write_text
 from lmmixup.device import resolve_device
 from lmmixup.downstream.config import DownstreamConfig
+from lmmixup.downstream.cost import training_cost
 from lmmixup.downstream.report import write_report
 from lmmixup.downstream.sets import build_sets, write_set
 from lmmixup.errors import LmmixupError
@@ -169,13 +171,14 @@ def run(cfg: DownstreamConfig) -> Path:
     for name in sets:
         status = train_set(cfg, name, out / "sets" / f"{name}.jsonl", steps[name], out / "train" / name)
         print(f"{name}: {status}", file=sys.stderr, flush=True)
+    costs = {name: training_cost(out / "train" / name / "metrics.jsonl") for name in sets}
     scores = {name: score_set(cfg, name, out / "train" / name / "model", out / "scores" / name)
               for name in sets}
     for bench in cfg.benchmarks:  # once per run, not once per set
         note = limit_note(bench, cfg.eval.limit, max(len(s[bench].scores) for s in scores.values()))
         if note:
             print(note, file=sys.stderr)
-    write_report(out, scores, cfg.eval.n_boot, cfg.eval.seed, cfg.eval.limit, notes, steps,
+    write_report(out, scores, cfg.eval.n_boot, cfg.eval.seed, cfg.eval.limit, notes, costs,
                  cfg.train.budget)
     print((out / "results.md").read_text())
     return out
